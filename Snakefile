@@ -1,0 +1,34 @@
+# PRISM multimodal post-training (arXiv 2604.28123): SFT -> MoE discriminator -> PRISM alignment ->
+# RLVR (GRPO/DAPO/GSPO) -> benchmarks -> the paper's tables. Tiny CPU mode: --configfile config/tiny.yaml
+
+
+configfile: "config/config.yaml"
+
+
+include: "rules/common.smk"
+
+
+wildcard_constraints:
+    policy="|".join(POLICIES),
+    model="[^/]+",
+    dataset="sft|warmup|align|rl",
+    init="sft|prism",
+    algo="grpo|dapo|gspo",
+    variant="|".join(CFG.variant_names()),
+    slug="[^/]+",
+
+
+include: "rules/data.smk"
+include: "rules/sft.smk"
+include: "rules/discriminator.smk"
+include: "rules/align.smk"
+include: "rules/rl.smk"
+include: "rules/eval.smk"
+include: "rules/tables.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        f"{RESULTS}/tables/main.csv",
+        f"{RESULTS}/tables/main_vs_paper.csv",

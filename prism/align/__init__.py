@@ -1,0 +1,1 @@
+"""Stage 2: PRISM alignment against the MoE discriminator."""

@@ -1,0 +1,152 @@
+"""CPU alignment engine: the per-step order of the reference trainer (method-reference §3.3–3.6).
+
+rollouts -> discriminator scores of caption and reasoning (pre-update discriminator) -> alpha-mixed
+group-normalised advantage -> discriminator update on teacher vs. valid rollouts -> PPO-clip actor update.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import time
+
+import torch
+
+from prism.core.advantages import prism_advantage
+from prism.core.losses import alignment_discriminator_loss
+from prism.core.manifest import MANIFEST, write_manifest
+from prism.core.modeling import generate, load_model, load_processor, save_pretrained, token_logprobs
+from prism.core.segments import parse_response
+from prism.core.training import Checkpoint, MetricLog, setup
+from prism.core.verl_algos import actor_config, policy_loss
+from prism.data.formats import ALIGN_COLUMNS, read_parquet_rows
+from prism.discriminator.model import Discriminator, render
+
+
+def _question(row: dict) -> str:
+    return row["extra_info"]["question"]
+
+
+def score_segments(disc, processor, rows, captions, reasonings, clip: float):
+    """Discriminator scores (caption, reasoning) for each row's segments, clipped to +-clip."""
+    questions, images = [_question(r) for r in rows], [r["image"] for r in rows]
+    caption = disc(render(processor, questions, images, captions))
+    reasoning = disc(render(processor, questions, images, reasonings))
+    return caption.clamp(-clip, clip), reasoning.clamp(-clip, clip)
+
+
+def run(args) -> None:
+    cfg, started = args.config, time.time()
+    setup(args.threads, cfg["seed"])
+    rows = read_parquet_rows(f"{args.data}/train.parquet", ALIGN_COLUMNS)
+    processor, policy = load_processor(args.model), load_model(args.model)
+    disc, disc_processor = Discriminator.load(args.disc), load_processor(args.disc)
+    policy.model.visual.requires_grad_(False)
+    actor_opt = torch.optim.AdamW(
+        [p for p in policy.parameters() if p.requires_grad],
+        lr=cfg["actor_lr"],
+        weight_decay=cfg["weight_decay"],
+    )
+    disc_opt = torch.optim.AdamW(disc.parameters(), lr=cfg["disc_lr"], weight_decay=cfg["weight_decay"])
+    n, prompts = cfg["rollouts_per_prompt"], cfg["prompts_per_step"]
+    loss_config = actor_config("vanilla", "token-mean", cfg["clip_ratio"], cfg["clip_ratio"], 3.0, n, prompts)
+    state = {"policy": policy, "disc": disc, "actor_opt": actor_opt, "disc_opt": disc_opt}
+    checkpoint = Checkpoint(args.work, every=max(1, cfg["steps"] // 4))
+    start = checkpoint.load(state)
+    log = MetricLog(args.work / "metrics.csv", cfg["steps"])
+    log.reset_after(start)
+    for step in range(start, cfg["steps"]):
+        picked = random.Random(cfg["seed"] * 100_003 + step).sample(rows, prompts)
+        group_rows = [r for r in picked for _ in range(n)]
+        rollouts = generate(policy, processor, group_rows, cfg["max_response_length"], cfg["temperature"])
+        segments = [parse_response(text) for text in rollouts.texts]
+        valid = torch.tensor([s.valid for s in segments])
+        group = torch.arange(prompts).repeat_interleave(n)
+
+        # 1. Reward: score rollouts with the pre-update discriminator (eval mode: dropout off).
+        caption_scores, reasoning_scores = torch.zeros(len(group_rows)), torch.zeros(len(group_rows))
+        disc.eval()
+        idx = valid.nonzero().squeeze(-1).tolist()
+        if idx:
+            with torch.no_grad():
+                cap, rea = score_segments(
+                    disc,
+                    disc_processor,
+                    [group_rows[i] for i in idx],
+                    [segments[i].caption for i in idx],
+                    [segments[i].reasoning for i in idx],
+                    cfg["score_clip"],
+                )
+            caption_scores[idx], reasoning_scores[idx] = cap, rea
+        advantage = prism_advantage(
+            caption_scores, reasoning_scores, valid, group, cfg["alpha"], cfg["format_penalty"]
+        )
+
+        # 2. Discriminator: teacher vs. valid, untruncated rollouts of the same prompt.
+        disc.train()
+        trainable = [i for i in idx if not rollouts.truncated[i]]
+        disc_metrics = {}
+        if trainable:
+            chosen = [group_rows[i] for i in trainable]
+            t_cap, t_rea = score_segments(
+                disc,
+                disc_processor,
+                chosen,
+                [r["teacher_caption"] for r in chosen],
+                [r["teacher_cot"] for r in chosen],
+                cfg["score_clip"],
+            )
+            s_cap, s_rea = score_segments(
+                disc,
+                disc_processor,
+                chosen,
+                [segments[i].caption for i in trainable],
+                [segments[i].reasoning for i in trainable],
+                cfg["score_clip"],
+            )
+            out = alignment_discriminator_loss(
+                t_cap, t_rea, s_cap, s_rea, cfg["score_clip"], cfg["score_reg_coef"]
+            )
+            out["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(disc.parameters(), cfg["grad_clip"])
+            disc_opt.step()
+            disc_opt.zero_grad()
+            disc_metrics = {
+                "disc_loss": out["loss"].item(),
+                "disc_caption_acc": out["caption_acc"].item(),
+                "disc_reasoning_acc": out["reasoning_acc"].item(),
+                "caption_gap": (t_cap - s_cap).mean().item(),
+                "reasoning_gap": (t_rea - s_rea).mean().item(),
+            }
+
+        # 3. Actor: one on-policy PPO-clip update with the alignment advantage on every response token.
+        policy.train()
+        log_prob = token_logprobs(policy, rollouts.inputs, rollouts.prompt_length)
+        mask = rollouts.response_mask.float()
+        pg_loss, _ = policy_loss(loss_config, log_prob.detach(), log_prob, advantage[:, None] * mask, mask)
+        pg_loss.backward()
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg["grad_clip"])
+        actor_opt.step()
+        actor_opt.zero_grad()
+        log.log(
+            step + 1,
+            pg_loss=pg_loss.item(),
+            valid_ratio=valid.float().mean().item(),
+            caption_score=caption_scores[valid].mean().item() if idx else 0.0,
+            reasoning_score=reasoning_scores[valid].mean().item() if idx else 0.0,
+            response_length=rollouts.lengths.float().mean().item(),
+            **disc_metrics,
+        )
+        checkpoint.save(step + 1, state)
+    save_pretrained(policy, processor, args.model, args.out)
+    shutil.copy(args.work / "metrics.csv", args.out / "metrics.csv")
+    rows_logged = log.rows()
+    metrics = {"steps": cfg["steps"], "final_valid_ratio": float(rows_logged[-1]["valid_ratio"])}
+    write_manifest(
+        args.out / MANIFEST,
+        "align",
+        [f"{args.model}/{MANIFEST}", f"{args.disc}/{MANIFEST}", f"{args.data}/{MANIFEST}"],
+        cfg,
+        metrics,
+        started,
+    )

@@ -1,0 +1,1 @@
+"""Cluster-side helpers: the cost plan (and, later, Slurm/Ray bring-up)."""

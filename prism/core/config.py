@@ -1,0 +1,395 @@
+"""The pipeline's one config, as typed models: validated on load, sliced per rule.
+
+Unknown keys, wrong types and unknown names are refused with a message that names the key and what is
+allowed; `ConfigError` carries every problem at once.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal, get_args, get_origin
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+Algorithm = Literal["grpo", "dapo", "gspo"]
+Init = Literal["sft", "prism"]
+Source = Literal["build", "released"]
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+
+# Benchmark name -> (paper column, lmms-eval task). Which metric feeds each column is issue #7's choice.
+BENCHMARKS: dict[str, tuple[str, str]] = {
+    "mathvista": ("MathVista", "mathvista_testmini"),
+    "mathverse": ("MathVerse", "mathverse_testmini"),
+    "mathvision": ("MathVision", "mathvision_testmini"),
+    "wemath": ("WeMath", "wemath_testmini_reasoning"),
+    "mmmu": ("MMMU", "mmmu_val"),
+    "mmmu_pro": ("MMMU-Pro", "mmmu_pro"),
+    "hallusionbench": ("HallusionBench", "hallusion_bench_image"),
+}
+Benchmark = Literal[tuple(BENCHMARKS)]  # type: ignore[valid-type]
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message lists every problem, one per line."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Resources(Strict):
+    """What one job of a stage asks Slurm for; `hours` is also the plan's GPU-hour estimate."""
+
+    gpus: Annotated[int, Field(ge=0)]
+    nodes: PositiveInt = 1
+    hours: PositiveFloat
+    mem_mb: PositiveInt
+    cpus_per_task: PositiveInt
+
+
+class Paths(Strict):
+    results: str = "results"
+    work: str = "work"
+    hf_cache: str = "cache/huggingface"
+
+
+class Cluster(Strict):
+    partition: str = ""
+    account: str = ""
+    gpu_model: str = "h100"
+    gpus_per_node: PositiveInt = 8
+
+
+class HfSource(Strict):
+    repo: str
+    revision: str = "main"
+    files: list[str] = []
+    extra_repos: list[str] = []
+
+
+class TinyModel(Strict):
+    hidden_size: PositiveInt = 64
+    intermediate_size: PositiveInt = 160
+    num_hidden_layers: PositiveInt = 2
+    num_attention_heads: PositiveInt = 4
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _shapes(self):
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError("hidden_size must be a multiple of num_attention_heads")
+        if self.intermediate_size in (self.hidden_size, 2 * self.hidden_size):
+            # transformers tells expert layouts apart by shape (tiny-mode-reference §2)
+            raise ValueError("intermediate_size must differ from hidden_size and 2*hidden_size")
+        return self
+
+
+class Model(Strict):
+    source: Literal["hf", "tiny"]
+    hf: HfSource | None = None
+    tiny: TinyModel | None = None
+
+    @model_validator(mode="after")
+    def _source_block(self):
+        if getattr(self, self.source) is None:
+            raise ValueError(f"source is {self.source!r} but the {self.source!r} block is missing")
+        return self
+
+
+class Policy(Strict):
+    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9.-]*$")]
+    model: str
+    paper_name: str = ""
+
+
+class Synthetic(Strict):
+    examples: PositiveInt
+    seed: int = 0
+
+
+class Dataset(Strict):
+    source: Literal["hf", "synthetic"]
+    hf: HfSource | None = None
+    synthetic: Synthetic | None = None
+
+    _source_block = Model._source_block
+
+
+class Data(Strict):
+    sft: Dataset
+    warmup: Dataset
+    align: Dataset
+    rl: Dataset
+
+
+class Sft(Strict):
+    source: Source = "build"
+    released: dict[str, str] = {}
+    engine: Literal["llamafactory", "cpu"]
+    lr: PositiveFloat
+    scheduler: Literal["cosine", "constant"] = "cosine"
+    warmup_ratio: Fraction
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    epochs: PositiveInt
+    batch_size: PositiveInt
+    grad_accum: PositiveInt = 1
+    max_length: PositiveInt
+    freeze_vision_tower: bool = True
+    seed: int = 42
+    resources: Resources
+
+
+class Upcycle(Strict):
+    num_experts: PositiveInt
+    top_k: PositiveInt
+    noise_std: Annotated[float, Field(ge=0)]
+    router_std: PositiveFloat
+    router_aux_loss_coef: Annotated[float, Field(ge=0)]
+    seed: int = 42
+    resources: Resources
+
+    @model_validator(mode="after")
+    def _top_k(self):
+        if self.top_k > self.num_experts:
+            raise ValueError(f"top_k ({self.top_k}) must not exceed num_experts ({self.num_experts})")
+        return self
+
+
+class Warmup(Strict):
+    engine: Literal["accelerate", "cpu"]
+    lr: PositiveFloat
+    weight_decay: Annotated[float, Field(ge=0)]
+    scheduler: Literal["cosine", "constant"] = "cosine"
+    warmup_ratio: Fraction
+    epochs: PositiveInt
+    batch_size: PositiveInt
+    grad_accum: PositiveInt
+    max_length: PositiveInt
+    max_pixels: PositiveInt
+    grad_clip: PositiveFloat
+    seed: int = 42
+    resources: Resources
+
+
+class Discriminator(Strict):
+    source: Source = "build"
+    released: str = ""
+    model: str
+    upcycle: Upcycle
+    value_head_dropout: Fraction
+    warmup: Warmup
+
+
+class Align(Strict):
+    source: Source = "build"
+    released: dict[str, str] = {}
+    engine: Literal["verl", "cpu"]
+    steps: PositiveInt
+    prompts_per_step: PositiveInt
+    rollouts_per_prompt: Annotated[int, Field(ge=2)]
+    max_prompt_length: PositiveInt
+    max_response_length: PositiveInt
+    temperature: PositiveFloat
+    actor_lr: PositiveFloat
+    disc_lr: PositiveFloat
+    weight_decay: Annotated[float, Field(ge=0)]
+    grad_clip: PositiveFloat
+    clip_ratio: PositiveFloat
+    kl_coef: Annotated[float, Field(ge=0)]
+    alpha: Fraction
+    format_penalty: Annotated[float, Field(ge=0)]
+    score_clip: PositiveFloat
+    score_reg_coef: Annotated[float, Field(ge=0)]
+    seed: int = 42
+    resources: Resources
+
+
+class DynamicSampling(Strict):
+    enable: bool
+    max_num_gen_batches: PositiveInt
+    gen_prompts_per_step: PositiveInt
+
+
+class OverlongBuffer(Strict):
+    enable: bool
+    length: PositiveInt
+    penalty_factor: Annotated[float, Field(ge=0)]
+
+
+class AlgorithmSettings(Strict):
+    loss_mode: Literal["vanilla", "gspo"]
+    loss_agg_mode: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "token-sum"]
+    clip_ratio_low: PositiveFloat
+    clip_ratio_high: PositiveFloat
+    clip_ratio_c: PositiveFloat
+    weight_decay: Annotated[float, Field(ge=0)]
+    lr_warmup_steps: Annotated[int, Field(ge=0)]
+    dynamic_sampling: DynamicSampling
+    overlong_buffer: OverlongBuffer
+
+
+class Rl(Strict):
+    source: Source = "build"
+    released: dict[str, dict[str, str]] = {}
+    engine: Literal["verl", "cpu"]
+    inits: list[Init]
+    algorithms: list[Algorithm]
+    steps: PositiveInt
+    prompts_per_step: PositiveInt
+    rollouts_per_prompt: Annotated[int, Field(ge=2)]
+    max_prompt_length: PositiveInt
+    max_response_length: PositiveInt
+    temperature: PositiveFloat
+    lr: PositiveFloat
+    grad_clip: PositiveFloat
+    kl_coef: Annotated[float, Field(ge=0)]
+    accuracy_weight: Fraction
+    format_weight: Fraction
+    seed: int = 42
+    algorithm: dict[Algorithm, AlgorithmSettings]
+    resources: Resources
+
+    @model_validator(mode="after")
+    def _settings_for_each_algorithm(self):
+        missing = [a for a in self.algorithms if a not in self.algorithm]
+        if missing:
+            raise ValueError(f"no settings under rl.algorithm for {missing}")
+        if self.overlong_exceeds_length():
+            raise ValueError("an overlong_buffer length must be shorter than max_response_length")
+        return self
+
+    def overlong_exceeds_length(self) -> bool:
+        return any(
+            s.overlong_buffer.enable and s.overlong_buffer.length >= self.max_response_length
+            for s in self.algorithm.values()
+        )
+
+
+class Eval(Strict):
+    engine: Literal["lmms_eval", "cpu"]
+    temperature: Annotated[float, Field(ge=0)]
+    top_p: Annotated[float, Field(gt=0, le=1)]
+    max_new_tokens: PositiveInt
+    seed: int = 1
+    variants: list[str]
+    benchmarks: list[Benchmark]
+    synthetic: Synthetic | None = None  # the CPU engine's held-out sets; lmms-eval brings its own
+    resources: Resources
+
+    @model_validator(mode="after")
+    def _cpu_needs_synthetic_sets(self):
+        if self.engine == "cpu" and self.synthetic is None:
+            raise ValueError("engine 'cpu' evaluates on synthetic sets: add eval.synthetic {examples, seed}")
+        return self
+
+
+class Tables(Strict):
+    paper_results: str
+
+
+class Config(Strict):
+    mode: Literal["paper", "tiny"]
+    paths: Paths = Paths()
+    cluster: Cluster = Cluster()
+    models: dict[str, Model]
+    policies: Annotated[list[Policy], Field(min_length=1)]
+    data: Data
+    sft: Sft
+    discriminator: Discriminator
+    align: Align
+    rl: Rl
+    eval: Eval
+    tables: Tables
+
+    @model_validator(mode="after")
+    def _cross_references(self):
+        problems = []
+        for i, policy in enumerate(self.policies):
+            if policy.model not in self.models:
+                problems.append(
+                    f"policies.{i}.model: {policy.model!r} is not in models {sorted(self.models)}"
+                )
+        if self.discriminator.model not in self.models:
+            problems.append(
+                f"discriminator.model: {self.discriminator.model!r} is not in models {sorted(self.models)}"
+            )
+        allowed = self.variant_names()
+        for i, variant in enumerate(self.eval.variants):
+            if variant not in allowed:
+                problems.append(f"eval.variants.{i}: {variant!r} is not one of {allowed}")
+        for resources, where in self.stage_resources():
+            if resources.gpus > self.cluster.gpus_per_node * resources.nodes:
+                problems.append(
+                    f"{where}.resources.gpus: {resources.gpus} GPUs do not fit on {resources.nodes} node(s) "
+                    f"of cluster.gpus_per_node={self.cluster.gpus_per_node}"
+                )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def variant_names(self) -> list[str]:
+        """Every table row a policy can have: base, SFT, aligned, and each (init, algorithm) RL run."""
+        rl = [f"{init}-{algo}" for init in self.rl.inits for algo in self.rl.algorithms]
+        return ["instruct", "sft", "prism", *rl]
+
+    def stage_resources(self) -> list[tuple[Resources, str]]:
+        return [
+            (self.sft.resources, "sft"),
+            (self.discriminator.upcycle.resources, "discriminator.upcycle"),
+            (self.discriminator.warmup.resources, "discriminator.warmup"),
+            (self.align.resources, "align"),
+            (self.rl.resources, "rl"),
+            (self.eval.resources, "eval"),
+        ]
+
+    def policy(self, name: str) -> Policy:
+        return next(p for p in self.policies if p.name == name)
+
+
+def _allowed_keys(loc: tuple) -> list[str]:
+    """Field names accepted at the mapping that holds `loc[-1]`, found by walking the models."""
+    annotation: Any = Config
+    for part in loc[:-1]:
+        annotation = _unwrap(annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            annotation = annotation.model_fields[part].annotation
+        elif get_origin(annotation) in (dict, list):
+            annotation = get_args(annotation)[-1]
+    annotation = _unwrap(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return list(annotation.model_fields)
+    return []
+
+
+def _unwrap(annotation: Any) -> Any:
+    """`X | None` and `Annotated[X, ...]` -> X."""
+    while get_origin(annotation) is Annotated or type(None) in get_args(annotation):
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        annotation = args[0]
+    return annotation
+
+
+def _describe(error: dict) -> str:
+    loc = tuple(error["loc"])
+    key = ".".join(str(part) for part in loc) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        return f"{key}: unknown key; allowed here: {', '.join(_allowed_keys(loc))}"
+    if error["type"] == "missing":
+        return f"{key}: required key is missing"
+    message = re.sub(r"^Value error, ", "", error["msg"])
+    return (
+        f"{key}: {message} (got {error.get('input')!r})"
+        if error["type"] != "value_error"
+        else (f"{key}: {message}")
+    )
+
+
+def load_config(raw: dict) -> Config:
+    """Validate a merged config mapping; raise ConfigError naming every bad key."""
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        lines = sorted({_describe(e) for e in err.errors()})
+        raise ConfigError("invalid config:\n  " + "\n  ".join(lines)) from None

@@ -1,0 +1,69 @@
+"""Artifact manifests: written last and by rename, so a half-written artifact never looks finished."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import prism
+
+MANIFEST = "manifest.json"
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_json_atomic(path: str | Path, payload: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def code_version() -> dict:
+    root = Path(prism.__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return {"package": prism.__version__, "git_commit": commit}
+
+
+def write_manifest(
+    path: str | Path,
+    stage: str,
+    inputs: list[str | Path],
+    config: dict,
+    metrics: dict | None = None,
+    started: float | None = None,
+    **extra,
+) -> dict:
+    """Record what was built, from which inputs (by their own manifests' hashes), with which config."""
+    manifest = {
+        "stage": stage,
+        "inputs": {str(p): file_sha256(p) for p in inputs},
+        "config": config,
+        "code": code_version(),
+        "started": started,
+        "finished": time.time(),
+        "metrics": metrics or {},
+        **extra,
+    }
+    write_json_atomic(path, manifest)
+    return manifest
+
+
+def read_manifest(path: str | Path) -> dict:
+    return json.loads(Path(path).read_text())

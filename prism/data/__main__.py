@@ -1,0 +1,178 @@
+"""Fetch or build one input artifact: `python -m prism.data {model,dataset,benchmarks} ...`.
+
+A `hf` source downloads a Hugging Face repo (token from the environment or the login cache, never from
+the command line); `tiny` / `synthetic` sources build offline. The manifest is written last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+
+from prism.core.manifest import MANIFEST, write_manifest
+from prism.core.prompts import SYSTEM_PROMPT, prompt_messages
+from prism.core.training import parse_slice
+from prism.data import synthetic
+from prism.data.formats import DATA_SOURCE
+
+
+def download(hf: dict, out: Path, repo_type: str) -> dict:
+    from huggingface_hub import snapshot_download
+
+    repos = [hf["repo"], *hf.get("extra_repos", [])]
+    files = {}
+    for repo in repos:
+        target = out if len(repos) == 1 else out / repo.split("/")[-1]
+        snapshot_download(
+            repo,
+            repo_type=repo_type,
+            revision=hf.get("revision", "main"),
+            allow_patterns=hf.get("files") or None,
+            local_dir=target,
+        )
+        files[repo] = sorted(str(p.relative_to(out)) for p in target.rglob("*") if p.is_file())
+    return {"repos": repos, "revision": hf.get("revision", "main"), "files": files}
+
+
+def verl_row(example: synthetic.Example, index: int, split: str) -> dict:
+    return {
+        "prompt": prompt_messages(example.question),
+        "images": [{"bytes": synthetic.png_bytes(example.scene.image())}],
+        "data_source": DATA_SOURCE,
+        "ability": example.kind,
+        "reward_model": {"style": "rule", "ground_truth": example.answer},
+        "extra_info": {"split": split, "index": index, "question": example.question},
+    }
+
+
+def write_sft(examples: list[synthetic.Example], out: Path) -> None:
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    records = []
+    for i, ex in enumerate(examples):
+        image = f"images/{i:06d}.png"
+        ex.scene.image().save(out / image)
+        records.append(
+            {
+                "messages": [
+                    {"role": "system", "content": SYSTEM_PROMPT},
+                    {"role": "user", "content": f"<image>{ex.question}"},
+                    {"role": "assistant", "content": ex.teacher_response()},
+                ],
+                "images": [image],
+            }
+        )
+    (out / "sft.json").write_text(json.dumps(records))
+    dataset_info = {
+        "prism_sft": {
+            "file_name": "sft.json",
+            "formatting": "sharegpt",
+            "columns": {"messages": "messages", "images": "images"},
+            "tags": {
+                "role_tag": "role",
+                "content_tag": "content",
+                "user_tag": "user",
+                "assistant_tag": "assistant",
+                "system_tag": "system",
+            },
+        }
+    }
+    (out / "dataset_info.json").write_text(json.dumps(dataset_info, indent=2))
+
+
+def write_warmup(examples: list[synthetic.Example], out: Path, seed: int) -> None:
+    rng = random.Random(seed)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i, ex in enumerate(examples):
+        image = f"images/{i:06d}.png"
+        ex.scene.image().save(out / image)
+        response = ex.teacher_response()
+        caption_end = response.index("</caption>") + len("</caption>")
+        student_caption, student_cot = synthetic.corrupt(ex, rng)
+        lines.append(
+            json.dumps(
+                {
+                    "prompt": ex.question,
+                    "image": image,
+                    "teacher_caption": response[:caption_end],
+                    "teacher_cot": response[caption_end:].strip(),
+                    "student_caption": student_caption,
+                    "student_cot": student_cot,
+                }
+            )
+        )
+    (out / "warmup_pairwise.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def write_parquet(rows: list[dict], path: Path) -> None:
+    import pandas as pd
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_parquet(path)
+
+
+def build_dataset(name: str, spec: dict, out: Path) -> dict:
+    examples = synthetic.examples(spec["examples"], spec["seed"])
+    if name == "sft":
+        write_sft(examples, out)
+    elif name == "warmup":
+        write_warmup(examples, out, spec["seed"])
+    elif name == "rl":
+        write_parquet([verl_row(ex, i, "train") for i, ex in enumerate(examples)], out / "train.parquet")
+    elif name == "align":
+        rows = []
+        for i, ex in enumerate(examples):
+            response = ex.teacher_response()
+            caption_end = response.index("</caption>") + len("</caption>")
+            rows.append(
+                {
+                    **verl_row(ex, i, "train"),
+                    "teacher_caption": response[:caption_end],
+                    "teacher_cot": response[caption_end:].strip(),
+                }
+            )
+        write_parquet(rows, out / "train.parquet")
+    else:
+        raise ValueError(f"unknown dataset {name!r}")
+    return {"examples": len(examples)}
+
+
+def build_benchmarks(spec: dict, out: Path) -> dict:
+    counts = {}
+    for offset, (benchmark, kinds) in enumerate(synthetic.BENCHMARK_QUESTIONS.items()):
+        examples = synthetic.examples(spec["examples"], spec["seed"] + 1000 * (offset + 1), kinds)
+        rows = [verl_row(ex, i, "test") for i, ex in enumerate(examples)]
+        write_parquet(rows, out / f"{benchmark}.parquet")
+        counts[benchmark] = len(rows)
+    return {"examples": counts}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m prism.data", description=__doc__)
+    parser.add_argument("kind", choices=["model", "dataset", "benchmarks"])
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--config", required=True, help="the rule's config slice, JSON")
+    parser.add_argument("--out", required=True, help="artifact directory; its manifest.json is written last")
+    args = parser.parse_args(argv)
+    spec, out, started = parse_slice(args.config), Path(args.out), time.time()
+    out.mkdir(parents=True, exist_ok=True)
+    if spec["source"] == "hf":
+        facts = download(spec["hf"], out, "model" if args.kind == "model" else "dataset")
+    elif args.kind == "model":
+        from prism.core.config import TinyModel
+        from prism.data import tiny
+
+        facts = tiny.build(TinyModel(**spec["tiny"]), out)
+    elif args.kind == "benchmarks":
+        facts = build_benchmarks(spec["synthetic"], out)
+    else:
+        facts = build_dataset(args.name, spec["synthetic"], out)
+    write_manifest(out / MANIFEST, f"{args.kind}:{args.name}", [], spec, metrics=facts, started=started)
+    print(json.dumps(facts))
+
+
+if __name__ == "__main__":
+    main()

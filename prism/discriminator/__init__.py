@@ -1,0 +1,1 @@
+"""The MoE discriminator: sparse upcycling, the value-head model, pairwise warmup."""

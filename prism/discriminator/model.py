@@ -1,0 +1,95 @@
+"""The discriminator: a Qwen3-VL(-MoE) backbone + value head, scored at each row's last real token.
+
+Saved and loaded as one unit: a missing or mismatched head is an error, never a fresh random head
+(method-reference B5). `render` is the one way a (prompt, image, segment) becomes model inputs, used by
+warmup and alignment alike, so teacher and student end on the same token (B2, B4).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from prism.core.modeling import chat_text, encode
+from prism.core.prompts import prompt_messages
+
+HEAD_FILE = "value_head.safetensors"
+HEAD_KEY = "v_head.1.weight"  # the released discriminator's name for the head
+
+
+class DiscriminatorError(ValueError):
+    pass
+
+
+class Discriminator(nn.Module):
+    def __init__(self, backbone, dropout: float):
+        super().__init__()
+        self.backbone = backbone
+        hidden = backbone.config.text_config.hidden_size
+        self.v_head = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, 1, bias=False))
+        nn.init.normal_(self.v_head[1].weight, std=0.02)
+
+    def forward(self, inputs: dict, router_aux: bool = False):
+        """Scores (B,) at the last attended token of each row, whatever the padding side."""
+        out = self.backbone.model(**inputs, output_router_logits=router_aux)
+        hidden = out.last_hidden_state
+        mask = inputs["attention_mask"]
+        last = mask.shape[1] - 1 - mask.flip(1).argmax(dim=1)
+        scores = self.v_head(hidden[torch.arange(hidden.shape[0]), last]).squeeze(-1)
+        if not router_aux:
+            return scores
+        return scores, self._balance_loss(out, mask)
+
+    def _balance_loss(self, out, mask) -> torch.Tensor:
+        from transformers.models.qwen3_vl_moe.modeling_qwen3_vl_moe import load_balancing_loss_func
+
+        text = self.backbone.config.text_config
+        router_logits = getattr(out, "router_logits", None)
+        if not router_logits or not getattr(text, "num_experts", 0):
+            return torch.zeros(())
+        return load_balancing_loss_func(router_logits, text.num_experts, text.num_experts_per_tok, mask)
+
+    def save(self, out_dir: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        out_dir = Path(out_dir)
+        self.backbone.save_pretrained(out_dir)
+        save_file({HEAD_KEY: self.v_head[1].weight.detach().contiguous()}, out_dir / HEAD_FILE)
+        meta = {"hidden_size": self.v_head[1].in_features, "dropout": self.v_head[0].p}
+        (out_dir / "discriminator.json").write_text(json.dumps(meta))
+
+    @classmethod
+    def load(cls, path: str | Path, dropout: float | None = None) -> Discriminator:
+        from safetensors.torch import load_file
+        from transformers import AutoModelForImageTextToText
+
+        path = Path(path)
+        if not (path / HEAD_FILE).exists():
+            raise DiscriminatorError(
+                f"{path}: no {HEAD_FILE}; this is not a discriminator checkpoint "
+                "(a warmed discriminator saves its value head beside the backbone)"
+            )
+        meta = json.loads((path / "discriminator.json").read_text())
+        backbone = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32)
+        model = cls(backbone, meta["dropout"] if dropout is None else dropout)
+        head = load_file(path / HEAD_FILE)
+        if set(head) != {HEAD_KEY} or head[HEAD_KEY].shape != model.v_head[1].weight.shape:
+            raise DiscriminatorError(
+                f"{path}/{HEAD_FILE}: expected {HEAD_KEY} of shape "
+                f"{tuple(model.v_head[1].weight.shape)}, found "
+                f"{ {k: tuple(v.shape) for k, v in head.items()} }"
+            )
+        model.v_head[1].weight.data.copy_(head[HEAD_KEY])
+        return model
+
+
+def render(processor, questions: list[str], images: list, segments: list[str]) -> dict:
+    """(prompt, image, segment) -> inputs: system + user[image, question] + assistant(segment), templated."""
+    texts = [
+        chat_text(processor, prompt_messages(q), segment)
+        for q, segment in zip(questions, segments, strict=True)
+    ]
+    return encode(processor, texts, images)

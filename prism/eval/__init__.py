@@ -1,0 +1,1 @@
+"""Benchmarks: one run per model variant, normalised to one JSON per benchmark."""

@@ -1,0 +1,1 @@
+"""Stage 3: RLVR with GRPO, DAPO and GSPO."""

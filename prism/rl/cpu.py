@@ -1,0 +1,143 @@
+"""CPU RLVR engine: verl's GRPO advantage and policy losses, with DAPO's dynamic sampling and overlong
+penalty (method-reference §4.2), on rollouts from HF generate and the shared reward."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import time
+
+import torch
+
+from prism.core.manifest import MANIFEST, write_manifest
+from prism.core.modeling import generate, load_model, load_processor, save_pretrained, token_logprobs
+from prism.core.reward import compute_score
+from prism.core.training import Checkpoint, MetricLog, lr_lambda, setup
+from prism.core.verl_algos import actor_config, grpo_advantage, policy_loss
+from prism.data.formats import RL_COLUMNS, read_parquet_rows
+
+
+def overlong_penalty(lengths: torch.Tensor, max_length: int, buffer: int, factor: float) -> torch.Tensor:
+    """DAPO's soft penalty: 0 up to max_length - buffer, then linear down to -factor at max_length."""
+    expected = max_length - buffer
+    return torch.clamp(-(lengths.float() - expected) / buffer * factor, max=0.0)
+
+
+def sample_groups(policy, processor, rows, cfg, algo, rng):
+    """Rollouts for prompts_per_step groups; with dynamic sampling, only groups whose accuracy varies."""
+    n, wanted = cfg["rollouts_per_prompt"], cfg["prompts_per_step"]
+    dynamic = algo["dynamic_sampling"]
+    kept, generated_batches = [], 0
+    while len(kept) < wanted:
+        batch_prompts = dynamic["gen_prompts_per_step"] if dynamic["enable"] else wanted
+        picked = rng.sample(rows, min(batch_prompts, len(rows)))
+        group_rows = [r for r in picked for _ in range(n)]
+        rollouts = generate(policy, processor, group_rows, cfg["max_response_length"], cfg["temperature"])
+        scores = [
+            compute_score(t, r["ground_truth"], cfg["accuracy_weight"], cfg["format_weight"])
+            for t, r in zip(rollouts.texts, group_rows, strict=True)
+        ]
+        generated_batches += 1
+        for g in range(len(picked)):
+            members = list(range(g * n, (g + 1) * n))
+            accs = {scores[i]["acc"] for i in members}
+            last_try = generated_batches >= dynamic["max_num_gen_batches"]
+            if not dynamic["enable"] or len(accs) > 1 or (last_try and len(kept) < wanted):
+                kept.append((rollouts, members, scores))
+            if len(kept) == wanted:
+                break
+        if not dynamic["enable"]:
+            break
+    return kept[:wanted], generated_batches
+
+
+def run(args) -> None:
+    cfg, started = args.config, time.time()
+    algo = cfg["algorithm"]
+    setup(args.threads, cfg["seed"])
+    rows = read_parquet_rows(f"{args.data}/train.parquet", RL_COLUMNS)
+    processor, policy = load_processor(args.model), load_model(args.model)
+    policy.model.visual.requires_grad_(False)
+    optimizer = torch.optim.AdamW(
+        [p for p in policy.parameters() if p.requires_grad], lr=cfg["lr"], weight_decay=algo["weight_decay"]
+    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg["steps"], algo["lr_warmup_steps"]))
+    loss_config = actor_config(
+        algo["loss_mode"],
+        algo["loss_agg_mode"],
+        algo["clip_ratio_low"],
+        algo["clip_ratio_high"],
+        algo["clip_ratio_c"],
+        cfg["rollouts_per_prompt"],
+        cfg["prompts_per_step"],
+    )
+    state = {"policy": policy, "optimizer": optimizer, "schedule": schedule}
+    checkpoint = Checkpoint(args.work, every=max(1, cfg["steps"] // 4))
+    start = checkpoint.load(state)
+    log = MetricLog(args.work / "metrics.csv", cfg["steps"])
+    log.reset_after(start)
+    for step in range(start, cfg["steps"]):
+        rng = random.Random(cfg["seed"] * 100_003 + step)
+        groups, gen_batches = sample_groups(policy, processor, rows, cfg, algo, rng)
+        policy.train()
+        total_loss, accs, fmts, rewards, lengths = 0.0, [], [], [], []
+        for g, (rollouts, members, scores) in enumerate(groups):
+            # One policy update per step over all kept groups (ppo_mini_batch = train batch).
+            mask = rollouts.response_mask[members].float()
+            reward = torch.tensor([scores[i]["score"] for i in members])
+            if algo["overlong_buffer"]["enable"]:
+                ob = algo["overlong_buffer"]
+                reward = reward + overlong_penalty(
+                    mask.sum(-1), cfg["max_response_length"], ob["length"], ob["penalty_factor"]
+                )
+            advantages = grpo_advantage(reward, mask, [g] * len(members))
+            inputs = {k: (v[members] if k != "pixel_values" else v) for k, v in rollouts.inputs.items()}
+            inputs["pixel_values"], inputs["image_grid_thw"] = _images_of(rollouts.inputs, members)
+            log_prob = token_logprobs(policy, inputs, rollouts.prompt_length)
+            loss, _ = policy_loss(loss_config, log_prob.detach(), log_prob, advantages, mask)
+            (loss / len(groups)).backward()
+            total_loss += loss.item() / len(groups)
+            accs += [scores[i]["acc"] for i in members]
+            fmts += [scores[i]["format"] for i in members]
+            rewards += reward.tolist()
+            lengths += mask.sum(-1).tolist()
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg["grad_clip"])
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad()
+        log.log(
+            step + 1,
+            reward=sum(rewards) / len(rewards),
+            acc=sum(accs) / len(accs),
+            format=sum(fmts) / len(fmts),
+            pg_loss=total_loss,
+            response_length=sum(lengths) / len(lengths),
+            gen_batches=gen_batches,
+            lr=schedule.get_last_lr()[0],
+        )
+        checkpoint.save(step + 1, state)
+    save_pretrained(policy, processor, args.model, args.out)
+    shutil.copy(args.work / "metrics.csv", args.out / "metrics.csv")
+    logged = log.rows()
+    metrics = {
+        "steps": cfg["steps"],
+        "first_reward": float(logged[0]["reward"]),
+        "final_reward": float(logged[-1]["reward"]),
+    }
+    write_manifest(
+        args.out / MANIFEST,
+        "rl",
+        [f"{args.model}/{MANIFEST}", f"{args.data}/{MANIFEST}"],
+        cfg,
+        metrics,
+        started,
+    )
+
+
+def _images_of(inputs: dict, members: list[int]):
+    """pixel_values rows and grid entries of the chosen samples (pixel rows are concatenated per image)."""
+    grid = inputs["image_grid_thw"]
+    sizes = grid.prod(-1).tolist()
+    offsets = [0, *torch.tensor(sizes).cumsum(0).tolist()]
+    pixels = torch.cat([inputs["pixel_values"][offsets[i] : offsets[i + 1]] for i in members])
+    return pixels, grid[members]

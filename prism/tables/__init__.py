@@ -1,0 +1,1 @@
+"""The paper's tables from our benchmark JSONs, beside the published numbers."""

@@ -1,0 +1,23 @@
+rule align:
+    """Stage 2: PRISM alignment of the SFT policy against the warmed discriminator."""
+    input:
+        model=lambda wc: sft_checkpoint(wc.policy),
+        disc=discriminator_checkpoint(),
+        data=f"{RESULTS}/data/align/{MANIFEST}",
+        code=code("align", "discriminator"),
+    output:
+        manifest=f"{RESULTS}/models/prism/{{policy}}/{MANIFEST}",
+    log:
+        f"{RESULTS}/logs/align/{{policy}}.log",
+    conda:
+        env(CFG.align.engine)
+    threads: CFG.align.resources.cpus_per_task
+    resources:
+        **gpu_resources(CFG.align.resources),
+    params:
+        config=config_slice(CFG.align),
+        work=lambda wc: work_dir("align", wc.policy),
+    shell:
+        "python -m prism.align --config {params.config} --model $(dirname {input.model})"
+        " --disc $(dirname {input.disc}) --data $(dirname {input.data})"
+        " --out $(dirname {output.manifest}) --work {params.work} --threads {threads} > {log} 2>&1"

@@ -1,0 +1,164 @@
+import json
+import shlex
+import sys
+from pathlib import Path, PurePosixPath
+
+sys.path.insert(0, workflow.basedir)
+
+from prism.core.config import ConfigError, load_config  # noqa: E402
+
+try:
+    CFG = load_config(config)
+except ConfigError as err:
+    sys.exit(f"prism-pipeline: {err}")
+
+RESULTS = CFG.paths.results
+WORK = CFG.paths.work
+POLICIES = [p.name for p in CFG.policies]
+MANIFEST = "manifest.json"
+
+
+def as_arg(payload) -> str:
+    """A config slice as one shell-quoted JSON argument (also what the params trigger compares)."""
+    return shlex.quote(json.dumps(payload, sort_keys=True))
+
+
+def config_slice(section, exclude=("resources", "source", "released")) -> str:
+    return as_arg(section.model_dump(exclude=set(exclude)))
+
+
+def work_dir(*parts) -> str:
+    """Resumable state of one job: outside every declared output, so Snakemake never deletes it."""
+    return str(Path(WORK, *parts))
+
+
+def code(*packages) -> list[str]:
+    """The prism modules a job runs, declared as inputs so that code changes rerun it."""
+    files = {
+        "prism/__init__.py",
+        *map(str, Path(workflow.basedir).glob("prism/core/*.py")),
+    }
+    for package in packages:
+        files.update(map(str, Path(workflow.basedir).glob(f"prism/{package}/*.py")))
+    return sorted(
+        str(Path(f).relative_to(workflow.basedir)) if Path(f).is_absolute() else f
+        for f in files
+    )
+
+
+def env(engine: str) -> str:
+    """The pinned environment of a stage's engine (cpu engines share the workflow's own)."""
+    return {
+        "cpu": "../envs/workflow.yaml",
+        "accelerate": "../envs/workflow.yaml",
+        "llamafactory": "../envs/llamafactory.yaml",
+        "verl": "../envs/verl.yaml",
+        "lmms_eval": "../envs/lmms-eval.yaml",
+    }[engine]
+
+
+def gpu_resources(resources) -> dict:
+    """Slurm executor resources of a GPU stage: --gpus for one node; per-node gres + srun for several."""
+    slurm = {
+        "mem_mb": resources.mem_mb,
+        "runtime": round(resources.hours * 60),
+        "cpus_per_task": resources.cpus_per_task,
+    }
+    if CFG.cluster.partition:
+        slurm["slurm_partition"] = CFG.cluster.partition
+    if CFG.cluster.account:
+        slurm["slurm_account"] = CFG.cluster.account
+    if resources.nodes == 1:
+        return {**slurm, "gpu": resources.gpus, "gpu_model": CFG.cluster.gpu_model}
+    per_node = resources.gpus // resources.nodes
+    return {
+        **slurm,
+        "nodes": resources.nodes,
+        "tasks": resources.nodes,
+        "tasks_per_gpu": 0,
+        "mpi": "srun",
+        "gres": f"gpu:{CFG.cluster.gpu_model}:{per_node}",
+    }
+
+
+def released_slug(repo: str) -> str:
+    return "--".join(PurePosixPath(repo).parts)
+
+
+RELEASED = {
+    released_slug(repo): repo
+    for repo in [
+        *CFG.sft.released.values(),
+        CFG.discriminator.released,
+        *CFG.align.released.values(),
+        *(r for variants in CFG.rl.released.values() for r in variants.values()),
+    ]
+    if repo
+}
+
+
+def released(repo: str) -> str:
+    return f"{RESULTS}/models/released/{released_slug(repo)}/{MANIFEST}"
+
+
+def base_model(name: str) -> str:
+    return f"{RESULTS}/models/base/{name}/{MANIFEST}"
+
+
+def sft_checkpoint(policy: str) -> str:
+    if CFG.sft.source == "released":
+        return released(CFG.sft.released[policy])
+    return f"{RESULTS}/models/sft/{policy}/{MANIFEST}"
+
+
+def discriminator_checkpoint() -> str:
+    if CFG.discriminator.source == "released":
+        return released(CFG.discriminator.released)
+    return f"{RESULTS}/models/discriminator/warm/{MANIFEST}"
+
+
+def prism_checkpoint(policy: str) -> str:
+    if CFG.align.source == "released":
+        return released(CFG.align.released[policy])
+    return f"{RESULTS}/models/prism/{policy}/{MANIFEST}"
+
+
+def init_checkpoint(policy: str, init: str) -> str:
+    return sft_checkpoint(policy) if init == "sft" else prism_checkpoint(policy)
+
+
+def rl_checkpoint(policy: str, init: str, algo: str) -> str:
+    repo = CFG.rl.released.get(policy, {}).get(f"{init}-{algo}")
+    if CFG.rl.source == "released" and repo:
+        return released(repo)
+    return f"{RESULTS}/models/rl/{policy}/{init}-{algo}/{MANIFEST}"
+
+
+def variant_checkpoint(wildcards) -> str:
+    """The model a table row evaluates: base, SFT, aligned, or one RL run."""
+    policy, variant = wildcards.policy, wildcards.variant
+    if variant == "instruct":
+        return base_model(CFG.policy(policy).model)
+    if variant == "sft":
+        return sft_checkpoint(policy)
+    if variant == "prism":
+        return prism_checkpoint(policy)
+    init, algo = variant.split("-")
+    return rl_checkpoint(policy, init, algo)
+
+
+def rl_slice(algo: str) -> str:
+    """The shared RL settings plus this algorithm's own: editing one algorithm reruns only its runs."""
+    common = CFG.rl.model_dump(
+        exclude={"resources", "source", "released", "inits", "algorithms", "algorithm"}
+    )
+    return as_arg({**common, "algorithm": CFG.rl.algorithm[algo].model_dump()})
+
+
+def benchmark_data(wildcards) -> list[str]:
+    return [f"{RESULTS}/data/bench/{MANIFEST}"] if CFG.eval.engine == "cpu" else []
+
+
+def bench_dir(data_manifests) -> str:
+    """The CPU evaluator's benchmark directory; the GPU engine has none (lmms-eval fetches its own)."""
+    return str(Path(data_manifests[0]).parent) if data_manifests else "none"

@@ -1,0 +1,76 @@
+rule fetch_model:
+    """A base model: downloaded from the Hugging Face Hub, or built tiny and random offline."""
+    input:
+        code=code("data"),
+    output:
+        manifest=f"{RESULTS}/models/base/{{model}}/{MANIFEST}",
+    log:
+        f"{RESULTS}/logs/data/model-{{model}}.log",
+    localrule: True
+    conda:
+        "../envs/workflow.yaml"
+    params:
+        spec=lambda wc: as_arg(CFG.models[wc.model].model_dump()),
+    shell:
+        "python -m prism.data model --name {wildcards.model} --config {params.spec}"
+        " --out $(dirname {output.manifest}) > {log} 2>&1"
+
+
+rule fetch_dataset:
+    """A training set in the format its stage reads: downloaded, or synthetic shapes in tiny mode."""
+    input:
+        code=code("data"),
+    output:
+        manifest=f"{RESULTS}/data/{{dataset}}/{MANIFEST}",
+    log:
+        f"{RESULTS}/logs/data/dataset-{{dataset}}.log",
+    localrule: True
+    conda:
+        "../envs/workflow.yaml"
+    params:
+        spec=lambda wc: config_slice(getattr(CFG.data, wc.dataset), exclude=()),
+    shell:
+        "python -m prism.data dataset --name {wildcards.dataset} --config {params.spec}"
+        " --out $(dirname {output.manifest}) > {log} 2>&1"
+
+
+rule make_benchmarks:
+    """Held-out synthetic benchmark sets for the CPU evaluator (lmms-eval brings its own data)."""
+    input:
+        code=code("data"),
+    output:
+        manifest=f"{RESULTS}/data/bench/{MANIFEST}",
+    log:
+        f"{RESULTS}/logs/data/benchmarks.log",
+    localrule: True
+    conda:
+        "../envs/workflow.yaml"
+    params:
+        spec=(
+            as_arg(
+                {"source": "synthetic", "synthetic": CFG.eval.synthetic.model_dump()}
+            )
+            if CFG.eval.synthetic
+            else ""
+        ),
+    shell:
+        "python -m prism.data benchmarks --name bench --config {params.spec}"
+        " --out $(dirname {output.manifest}) > {log} 2>&1"
+
+
+rule fetch_released:
+    """One of the authors' released checkpoints, used in place of building that stage."""
+    input:
+        code=code("data"),
+    output:
+        manifest=f"{RESULTS}/models/released/{{slug}}/{MANIFEST}",
+    log:
+        f"{RESULTS}/logs/data/released-{{slug}}.log",
+    localrule: True
+    conda:
+        "../envs/workflow.yaml"
+    params:
+        spec=lambda wc: as_arg({"source": "hf", "hf": {"repo": RELEASED[wc.slug]}}),
+    shell:
+        "python -m prism.data model --name {wildcards.slug} --config {params.spec}"
+        " --out $(dirname {output.manifest}) > {log} 2>&1"

@@ -1,0 +1,51 @@
+rule upcycle:
+    """Sparse-upcycle the dense discriminator base into a top-k MoE."""
+    input:
+        model=base_model(CFG.discriminator.model),
+        code=code("discriminator"),
+    output:
+        manifest=f"{RESULTS}/models/discriminator/upcycled/{MANIFEST}",
+    log:
+        f"{RESULTS}/logs/discriminator/upcycle.log",
+    conda:
+        "../envs/workflow.yaml"
+    threads: CFG.discriminator.upcycle.resources.cpus_per_task
+    resources:
+        **gpu_resources(CFG.discriminator.upcycle.resources),
+    params:
+        config=as_arg(
+            {"upcycle": CFG.discriminator.upcycle.model_dump(exclude={"resources"})}
+        ),
+        work=work_dir("discriminator", "upcycle"),
+    shell:
+        "python -m prism.discriminator upcycle --config {params.config} --model $(dirname {input.model})"
+        " --out $(dirname {output.manifest}) --work {params.work} --threads {threads} > {log} 2>&1"
+
+
+rule warmup_discriminator:
+    """Pairwise Bradley-Terry warmup of the MoE discriminator with its value head."""
+    input:
+        model=f"{RESULTS}/models/discriminator/upcycled/{MANIFEST}",
+        data=f"{RESULTS}/data/warmup/{MANIFEST}",
+        code=code("discriminator"),
+    output:
+        manifest=f"{RESULTS}/models/discriminator/warm/{MANIFEST}",
+    log:
+        f"{RESULTS}/logs/discriminator/warmup.log",
+    conda:
+        env(CFG.discriminator.warmup.engine)
+    threads: CFG.discriminator.warmup.resources.cpus_per_task
+    resources:
+        **gpu_resources(CFG.discriminator.warmup.resources),
+    params:
+        config=as_arg(
+            {
+                "value_head_dropout": CFG.discriminator.value_head_dropout,
+                "warmup": CFG.discriminator.warmup.model_dump(exclude={"resources"}),
+            }
+        ),
+        work=work_dir("discriminator", "warmup"),
+    shell:
+        "python -m prism.discriminator warmup --config {params.config} --model $(dirname {input.model})"
+        " --data $(dirname {input.data}) --out $(dirname {output.manifest})"
+        " --work {params.work} --threads {threads} > {log} 2>&1"

@@ -1,0 +1,22 @@
+rule sft:
+    """Stage 1: supervised fine-tuning of a policy on the teacher demonstrations."""
+    input:
+        model=lambda wc: base_model(CFG.policy(wc.policy).model),
+        data=f"{RESULTS}/data/sft/{MANIFEST}",
+        code=code("sft"),
+    output:
+        manifest=f"{RESULTS}/models/sft/{{policy}}/{MANIFEST}",
+    log:
+        f"{RESULTS}/logs/sft/{{policy}}.log",
+    conda:
+        env(CFG.sft.engine)
+    threads: CFG.sft.resources.cpus_per_task
+    resources:
+        **gpu_resources(CFG.sft.resources),
+    params:
+        config=config_slice(CFG.sft),
+        work=lambda wc: work_dir("sft", wc.policy),
+    shell:
+        "python -m prism.sft --config {params.config} --model $(dirname {input.model})"
+        " --data $(dirname {input.data}) --out $(dirname {output.manifest})"
+        " --work {params.work} --threads {threads} > {log} 2>&1"

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Set up, then run the linters and the test suite (the tiny pipeline end to end included).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+. .venv/bin/activate
+ruff check prism tests
+ruff format --check prism tests
+snakefmt --check Snakefile rules
+snakemake --lint
+pytest -q "$@"

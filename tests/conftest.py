@@ -1,0 +1,62 @@
+"""Shared fixtures: configs as Snakemake would merge them, and throw-away copies of the workflow."""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from snakemake.utils import update_config
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKFLOW_FILES = ("Snakefile", "rules", "config", "profiles", "envs", "prism")
+
+
+def load_yaml(name: str) -> dict:
+    return yaml.safe_load((ROOT / "config" / name).read_text())
+
+
+@pytest.fixture
+def paper_config() -> dict:
+    return load_yaml("config.yaml")
+
+
+@pytest.fixture
+def tiny_config() -> dict:
+    merged = copy.deepcopy(load_yaml("config.yaml"))
+    update_config(merged, load_yaml("tiny.yaml"))
+    return merged
+
+
+def copy_workflow(target: Path) -> Path:
+    """A copy of the workflow to run in, so tests never write results or .snakemake into the repo."""
+    target.mkdir(parents=True, exist_ok=True)
+    for name in WORKFLOW_FILES:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, target / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(source, target / name)
+    return target
+
+
+@pytest.fixture
+def workflow_copy(tmp_path) -> Path:
+    return copy_workflow(tmp_path / "workflow")
+
+
+def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(workdir))
+    command = [str(Path(sys.executable).with_name("snakemake")), *args]
+    return subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def write_config(workdir: Path, name: str, overlay: dict) -> str:
+    path = workdir / "config" / name
+    path.write_text(yaml.safe_dump(overlay))
+    return str(path)

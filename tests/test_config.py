@@ -1,0 +1,78 @@
+"""One validated config: the paper and tiny setups load; bad ones are refused naming key and choices."""
+
+import copy
+
+import pytest
+
+from conftest import snakemake, write_config
+from prism.core.config import ConfigError, load_config
+
+
+def test_paper_config_matches_the_published_setup(paper_config):
+    cfg = load_config(paper_config)
+    assert [p.model for p in cfg.policies] == ["qwen3-vl-4b", "qwen3-vl-8b"]
+    assert cfg.models["qwen3-vl-2b"].hf.repo == "Qwen/Qwen3-VL-2B-Instruct"
+    assert (cfg.discriminator.upcycle.num_experts, cfg.discriminator.upcycle.top_k) == (4, 2)
+    assert cfg.rl.algorithms == ["grpo", "dapo", "gspo"]
+    assert len(cfg.eval.variants) == 9 and len(cfg.eval.benchmarks) == 7
+    assert (cfg.align.alpha, cfg.align.format_penalty, cfg.align.rollouts_per_prompt) == (0.5, 1.5, 16)
+    assert (cfg.rl.accuracy_weight, cfg.rl.format_weight) == (0.8, 0.2)
+    dapo = cfg.rl.algorithm["dapo"]
+    assert (dapo.clip_ratio_low, dapo.clip_ratio_high, dapo.clip_ratio_c) == (0.2, 0.28, 10.0)
+    assert dapo.dynamic_sampling.enable and dapo.overlong_buffer.length == 4096
+    gspo = cfg.rl.algorithm["gspo"]
+    assert (gspo.loss_mode, gspo.loss_agg_mode) == ("gspo", "seq-mean-token-mean")
+    assert (cfg.sft.lr, cfg.sft.warmup_ratio, cfg.sft.max_length) == (1e-5, 0.1, 8192)
+
+
+def test_tiny_overlay_replaces_lists_and_keeps_paper_hyperparameters(tiny_config):
+    cfg = load_config(tiny_config)
+    assert [p.name for p in cfg.policies] == ["tiny"]
+    assert cfg.rl.algorithm["dapo"].clip_ratio_high == 0.28  # inherited from the paper config
+    assert {cfg.sft.engine, cfg.align.engine, cfg.rl.engine, cfg.eval.engine} == {"cpu"}
+
+
+def bad(config: dict, path: str, value) -> dict:
+    config = copy.deepcopy(config)
+    *parents, leaf = path.split(".")
+    node = config
+    for key in parents:
+        node = node[int(key)] if isinstance(node, list) else node[key]
+    node[leaf] = value
+    return config
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "expected"),
+    [
+        ("rl.algorithms", ["grpo", "ppo"], ["rl.algorithms.1", "'grpo', 'dapo' or 'gspo'", "'ppo'"]),
+        ("eval.benchmarks", ["mmbench"], ["eval.benchmarks.0", "'mathvista'", "'mmbench'"]),
+        ("sft.lrr", 1e-5, ["sft.lrr", "unknown key", "allowed here: source, released, engine, lr"]),
+        ("rl.lr", "fast", ["rl.lr", "valid number"]),
+        ("align.alpha", 1.5, ["align.alpha", "less than or equal to 1"]),
+        ("sft.engine", "deepspeed", ["sft.engine", "'llamafactory' or 'cpu'"]),
+        ("eval.variants", ["sft-ppo"], ["eval.variants.0", "'sft-ppo'", "prism-grpo"]),
+        ("policies.0.model", "qwen9", ["policies.0.model", "'qwen9' is not in models"]),
+        ("sft.resources.gpus", 16, ["sft.resources.gpus", "do not fit on 1 node"]),
+        ("discriminator.upcycle.top_k", 5, ["top_k (5) must not exceed num_experts (4)"]),
+        ("rl.algorithms", ["grpo", "dapo", "gspo"], None),
+    ],
+)
+def test_bad_config_is_refused_naming_the_key(paper_config, path, value, expected):
+    config = bad(paper_config, path, value)
+    if expected is None:
+        load_config(config)
+        return
+    with pytest.raises(ConfigError) as err:
+        load_config(config)
+    for fragment in expected:
+        assert fragment in str(err.value)
+
+
+def test_snakemake_refuses_a_bad_config_without_a_traceback(workflow_copy):
+    overlay = write_config(workflow_copy, "bad.yaml", {"rl": {"algorithms": ["grpo", "ppo"], "lrr": 1}})
+    result = snakemake(workflow_copy, "-n", "--configfile", overlay)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "rl.algorithms.1" in output and "'ppo'" in output and "rl.lrr: unknown key" in output
+    assert "Traceback" not in output and 'File "' not in output

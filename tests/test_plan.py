@@ -1,0 +1,177 @@
+"""The plan: job counts per stage for the paper, tiny and a reduced config, and the exact sbatch flags
+the Slurm executor plugin builds from our GPU rules."""
+
+import logging
+import shlex
+from collections import Counter
+from types import SimpleNamespace
+from unittest import mock
+
+import pytest
+
+from conftest import ROOT, write_config
+from prism.cluster.plan import plan_jobs, summarize, with_dag_jobs
+
+PAPER_JOBS = {
+    "fetch_model": 3,
+    "fetch_dataset": 4,
+    "sft": 2,
+    "upcycle": 1,
+    "warmup_discriminator": 1,
+    "align": 2,
+    "rl": 12,
+    "evaluate": 18,
+    "tables": 1,
+}
+
+
+def counts(jobs) -> dict:
+    return dict(Counter(job.rule for job in jobs))
+
+
+def test_paper_plan_lists_every_job_with_gpu_hours():
+    jobs = plan_jobs(ROOT, targets=["results/tables/main.csv"], forceall=True)
+    assert counts(jobs) == PAPER_JOBS
+    rl = [j for j in jobs if j.rule == "rl"]
+    assert {(j.gpus, j.nodes, j.hours, j.local) for j in rl} == {(8, 1, 72.0, False)}
+    assert all(j.local for j in jobs if j.rule in ("fetch_model", "fetch_dataset", "tables"))
+    table = summarize(jobs)
+    assert "rl" in table and "6912.0" in table  # 12 runs x 8 GPUs x 72 h
+    assert table.splitlines()[-1].split()[:2] == ["total", "44"]
+
+
+def test_tiny_plan_runs_the_same_stages_on_synthetic_inputs():
+    jobs = plan_jobs(ROOT, [ROOT / "config/tiny.yaml"], ["results/tables/main.csv"], forceall=True)
+    assert counts(jobs) == {
+        "fetch_model": 2,
+        "fetch_dataset": 4,
+        "make_benchmarks": 1,
+        "sft": 1,
+        "upcycle": 1,
+        "warmup_discriminator": 1,
+        "align": 1,
+        "rl": 6,
+        "evaluate": 9,
+        "tables": 1,
+    }
+
+
+def test_reduced_config_and_released_checkpoints_shrink_the_plan(workflow_copy):
+    overlay = write_config(
+        workflow_copy,
+        "reduced.yaml",
+        {
+            "policies": [{"name": "qwen3-vl-4b", "model": "qwen3-vl-4b", "paper_name": "Qwen3-VL-4B"}],
+            "rl": {"algorithms": ["grpo"]},
+            "eval": {"variants": ["sft", "prism", "prism-grpo"], "benchmarks": ["mathvista", "mmmu"]},
+            "sft": {"source": "released"},
+            "discriminator": {"source": "released"},
+        },
+    )
+    jobs = plan_jobs(workflow_copy, [overlay], ["results/tables/main.csv"], forceall=True)
+    assert counts(jobs) == {
+        "fetch_dataset": 2,
+        "fetch_released": 2,
+        "align": 1,
+        "rl": 1,
+        "evaluate": 3,
+        "tables": 1,
+    }
+
+
+def sbatch_flags(workflow_dir, configfiles=()) -> dict[str, list[str]]:
+    """The resource flags of each GPU rule's sbatch line, built by the plugin's own code (Slurm mocked)."""
+    import snakemake_executor_plugin_slurm as plugin
+    from snakemake_executor_plugin_slurm import Executor, ExecutorSettings
+    from snakemake_executor_plugin_slurm.submit_string import get_submit_command
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+
+    def flags(job) -> list[str]:
+        executor = SimpleNamespace(
+            _partitions=None,
+            _fallback_account_arg=None,
+            _fallback_partition=None,
+            logger=logging.getLogger("test"),
+        )
+        with (
+            mock.patch.object(plugin, "validate_account", lambda account, log: account),
+            mock.patch.object(plugin, "get_account", lambda log: None),
+            mock.patch.object(plugin, "get_default_partition", lambda job, log: ""),
+        ):
+            account = next(Executor.get_account_arg(executor, job))
+            partition = Executor.get_partition_arg(executor, job)
+        params = {
+            "run_uuid": "UUID",
+            "slurm_logfile": "log",
+            "comment_str": "c",
+            "account": account,
+            "partition": partition,
+            "workdir": ".",
+        }
+        call = get_submit_command(job, params, settings=ExecutorSettings(), failed_nodes=set())
+        tokens = shlex.split(call + set_gres_string(job))
+        keep, i = [], 0
+        while i < len(tokens):
+            if tokens[i] in ("--job-name", "--output", "--comment", "-D"):
+                i += 2
+                continue
+            if tokens[i] in ("-A", "-p", "-t", "--mem"):
+                keep.append(f"{tokens[i]} {tokens[i + 1]}")
+                i += 2
+                continue
+            if tokens[i] not in ("sbatch", "--parsable", "--export=ALL"):
+                keep.append(tokens[i])
+            i += 1
+        return keep
+
+    return with_dag_jobs(
+        workflow_dir,
+        configfiles,
+        ["results/tables/main.csv"],
+        True,
+        lambda jobs: {j.rule.name: flags(j) for j in jobs if not j.is_local},
+    )
+
+
+def test_gpu_rule_requests_eight_h100_with_explicit_memory_time_and_cpus(workflow_copy):
+    overlay = write_config(workflow_copy, "account.yaml", {"cluster": {"account": "proj42"}})
+    flags = sbatch_flags(workflow_copy, [overlay])
+    assert flags["sft"] == [
+        "-A proj42",
+        "-p gpu",
+        "-t 2880",
+        "--mem 800000",
+        "--cpus-per-task=64",
+        "--gpus=h100:8",
+    ]
+    assert flags["upcycle"][-1] == "--gpus=h100:1"
+
+
+def test_multi_node_rule_gets_nodes_per_node_gres_and_one_task_per_node(workflow_copy):
+    overlay = write_config(
+        workflow_copy,
+        "multinode.yaml",
+        {
+            "rl": {"resources": {"gpus": 16, "nodes": 2, "hours": 24, "mem_mb": 800000, "cpus_per_task": 96}},
+        },
+    )
+    flags = sbatch_flags(workflow_copy, [overlay])
+    assert flags["rl"] == [
+        "-p gpu",
+        "-t 1440",
+        "--mem 800000",
+        "--nodes=2",
+        "--ntasks=2",
+        "--cpus-per-task=96",
+        "--gres=gpu:h100:8",
+    ]
+    assert not any(f.startswith("--ntasks-per-gpu") for f in flags["rl"])
+
+
+@pytest.mark.parametrize("configfile", [[], [ROOT / "config/tiny.yaml"]])
+def test_dry_run_is_fast_and_needs_no_gpu(configfile):
+    import time
+
+    start = time.time()
+    plan_jobs(ROOT, configfile, ["results/tables/main.csv"], forceall=True)
+    assert time.time() - start < 10
