@@ -76,3 +76,28 @@ def test_snakemake_refuses_a_bad_config_without_a_traceback(workflow_copy):
     output = result.stdout + result.stderr
     assert "rl.algorithms.1" in output and "'ppo'" in output and "rl.lrr: unknown key" in output
     assert "Traceback" not in output and 'File "' not in output
+
+
+def field_names(model) -> set[str]:
+    """Every key name the config models accept, at any depth."""
+    from typing import get_args
+
+    from pydantic import BaseModel
+
+    names = set()
+    for name, field in model.model_fields.items():
+        names.add(name)
+        for candidate in (field.annotation, *get_args(field.annotation)):
+            for inner in (candidate, *get_args(candidate)):
+                if isinstance(inner, type) and issubclass(inner, BaseModel):
+                    names |= field_names(inner)
+    return names
+
+
+def test_config_readme_documents_every_key():
+    from conftest import ROOT
+    from prism.core.config import Config
+
+    readme = (ROOT / "config" / "README.md").read_text()
+    undocumented = sorted(n for n in field_names(Config) if f"`{n}" not in readme and f".{n}" not in readme)
+    assert not undocumented, f"config/README.md does not mention {undocumented}"

@@ -1,0 +1,180 @@
+"""The CPU engines on tiny inputs: models, upcycling, the discriminator, SFT with resume."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from prism.core.config import TinyModel
+from prism.core.modeling import encode, generate, load_model, load_processor
+from prism.core.prompts import prompt_messages
+from prism.data import synthetic
+from prism.data.__main__ import main as make_data
+from prism.discriminator.model import Discriminator, DiscriminatorError, render
+from prism.discriminator.upcycle import save_upstream_layout, upcycle
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny")
+    spec = {"source": "tiny", "tiny": TinyModel(hidden_size=64, intermediate_size=96, seed=3).model_dump()}
+    make_data(["model", "--name", "tiny", "--config", json.dumps(spec), "--out", str(path)])
+    return path
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return [
+        {"prompt": prompt_messages(e.question), "image": e.scene.image(), "example": e}
+        for e in synthetic.examples(6, seed=5)
+    ]
+
+
+def test_tiny_model_loads_offline_with_its_image_only_processor(tiny_dir, rows):
+    processor, model = load_processor(str(tiny_dir)), load_model(str(tiny_dir))
+    assert type(processor).__name__ == "Qwen3VLProcessor"
+    rollouts = generate(model, processor, rows[:2], max_new_tokens=8, temperature=1.0)
+    assert rollouts.response_ids.shape == (2, 8)
+    # a 64x64 image is 4 visual tokens, one per grid cell
+    image_pad = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    assert (rollouts.inputs["input_ids"][0] == image_pad).sum() == 4
+
+
+def test_upcycled_moe_without_noise_reproduces_dense_logits(tiny_dir, rows, tmp_path):
+    processor, dense = load_processor(str(tiny_dir)), load_model(str(tiny_dir)).eval()
+    moe = upcycle(
+        dense, num_experts=4, top_k=2, noise_std=0.0, router_std=0.02, router_aux_loss_coef=0.01, seed=0
+    ).eval()
+    texts = [
+        processor.apply_chat_template(
+            [
+                {
+                    "role": "user",
+                    "content": [{"type": "image"}, {"type": "text", "text": r["example"].question}],
+                }
+            ],
+            tokenize=False,
+        )
+        for r in rows
+    ]
+    inputs = encode(processor, texts, [r["image"] for r in rows])
+    with torch.no_grad():
+        dense_logits, moe_logits = dense(**inputs).logits, moe(**inputs).logits
+    valid = inputs["attention_mask"].bool()
+    assert (dense_logits - moe_logits)[valid].abs().max() < 1e-5
+    assert moe.config.text_config.num_experts == 4 and moe.config.text_config.num_experts_per_tok == 2
+
+    save_upstream_layout(moe, tmp_path)
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "model.safetensors", "pt") as shard:
+        key = "model.language_model.layers.0.mlp.experts.gate_up_proj"
+        assert shard.get_slice(key).get_shape() == [4, 64, 2 * 96]  # (E, H, 2I): vLLM's layout
+    with torch.no_grad():
+        reloaded = load_model(str(tmp_path)).eval()(**inputs).logits
+    assert torch.equal(reloaded, moe_logits)
+
+
+def test_noisy_upcycling_perturbs_every_expert_differently(tiny_dir):
+    moe = upcycle(
+        load_model(str(tiny_dir)), 4, 2, noise_std=0.01, router_std=0.02, router_aux_loss_coef=0.01, seed=0
+    )
+    experts = moe.model.language_model.layers[0].mlp.experts.gate_up_proj
+    assert not torch.equal(experts[0], experts[1])
+    assert (experts[0] - experts[1]).std().item() == pytest.approx(0.01 * 2**0.5, rel=0.1)
+
+
+def test_discriminator_round_trips_and_never_invents_a_head(tiny_dir, rows, tmp_path):
+    processor = load_processor(str(tiny_dir))
+    disc = Discriminator(load_model(str(tiny_dir)), dropout=0.1).eval()
+    questions = [r["example"].question for r in rows]
+    inputs = render(
+        processor, questions, [r["image"] for r in rows], [r["example"].teacher_response() for r in rows]
+    )
+    with torch.no_grad():
+        scores = disc(inputs)
+    disc.save(tmp_path / "disc")
+    with torch.no_grad():
+        assert torch.equal(Discriminator.load(tmp_path / "disc").eval()(inputs), scores)
+    with pytest.raises(DiscriminatorError, match="not a discriminator checkpoint"):
+        Discriminator.load(tiny_dir)
+    from safetensors.torch import save_file
+
+    save_file({"v_head.1.weight": torch.zeros(1, 32)}, tmp_path / "disc" / "value_head.safetensors")
+    with pytest.raises(DiscriminatorError, match="expected v_head.1.weight of shape"):
+        Discriminator.load(tmp_path / "disc")
+
+
+def test_discriminator_scores_the_last_real_token_whatever_the_padding_side(tiny_dir, rows):
+    processor = load_processor(str(tiny_dir))
+    disc = Discriminator(load_model(str(tiny_dir)), dropout=0.0).eval()
+    segments = [r["example"].teacher_response()[: 20 + 15 * i] for i, r in enumerate(rows)]
+    left = render(processor, [r["example"].question for r in rows], [r["image"] for r in rows], segments)
+    mask = left["attention_mask"].bool()
+    assert mask.sum(-1).unique().numel() > 1  # rows of different lengths, so padding matters
+
+    def pad_right(tensor):
+        return torch.stack([torch.cat([row[m], row[~m]]) for row, m in zip(tensor, mask, strict=True)])
+
+    right = {**left, **{k: pad_right(left[k]) for k in ("input_ids", "attention_mask", "mm_token_type_ids")}}
+    with torch.no_grad():
+        assert torch.allclose(disc(left), disc(right), atol=1e-4)
+
+
+def run_sft(model_dir, data_dir, out, work, steps_config):
+    config = {
+        "engine": "cpu",
+        "seed": 1,
+        "freeze_vision_tower": True,
+        "batch_size": 8,
+        "grad_accum": 1,
+        "lr": 3e-3,
+        "weight_decay": 0.0,
+        "warmup_ratio": 0.0,
+        "scheduler": "constant",
+        "max_length": 256,
+        **steps_config,
+    }
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "prism.sft",
+            "--config",
+            json.dumps(config),
+            "--model",
+            str(model_dir),
+            "--data",
+            str(data_dir),
+            "--out",
+            str(out),
+            "--work",
+            str(work),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+
+
+def test_sft_learns_and_a_rerun_resumes_from_the_work_directory(tiny_dir, tmp_path):
+    make_data(
+        [
+            "dataset",
+            "--name",
+            "sft",
+            "--config",
+            '{"source": "synthetic", "synthetic": {"examples": 64, "seed": 0}}',
+            "--out",
+            str(tmp_path / "data"),
+        ]
+    )
+    run_sft(tiny_dir, tmp_path / "data", tmp_path / "out", tmp_path / "work", {"epochs": 2})
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["metrics"]["steps"] == 16
+    assert manifest["metrics"]["final_loss"] < 0.7 * manifest["metrics"]["first_loss"]
+    assert set(manifest["inputs"]) == {f"{tiny_dir}/manifest.json", f"{tmp_path / 'data'}/manifest.json"}
+    rerun = run_sft(tiny_dir, tmp_path / "data", tmp_path / "out", tmp_path / "work", {"epochs": 2})
+    assert "resumed from step 16" in rerun.stdout
