@@ -7,17 +7,14 @@ group-normalised advantage -> discriminator update on teacher vs. valid rollouts
 from __future__ import annotations
 
 import random
-import shutil
-import time
 
 import torch
 
 from prism.core.advantages import prism_advantage
 from prism.core.losses import alignment_discriminator_loss
-from prism.core.manifest import MANIFEST, write_manifest
 from prism.core.modeling import generate, load_model, load_processor, save_pretrained, token_logprobs
 from prism.core.segments import parse_response
-from prism.core.training import Checkpoint, MetricLog, setup
+from prism.core.training import TrainingRun, setup
 from prism.core.verl_algos import actor_config, policy_loss
 from prism.data.formats import ALIGN_COLUMNS, read_parquet_rows
 from prism.discriminator.model import Discriminator, render
@@ -36,9 +33,9 @@ def score_segments(disc, processor, rows, captions, reasonings, clip: float):
 
 
 def run(args) -> None:
-    cfg, started = args.config, time.time()
+    cfg = args.config
     setup(args.threads, cfg["seed"])
-    rows = read_parquet_rows(f"{args.data}/train.parquet", ALIGN_COLUMNS)
+    rows = read_parquet_rows(args.data / "train.parquet", ALIGN_COLUMNS)
     processor, policy = load_processor(args.model), load_model(args.model)
     disc, disc_processor = Discriminator.load(args.disc), load_processor(args.disc)
     policy.model.visual.requires_grad_(False)
@@ -51,11 +48,8 @@ def run(args) -> None:
     n, prompts = cfg["rollouts_per_prompt"], cfg["prompts_per_step"]
     loss_config = actor_config("vanilla", "token-mean", cfg["clip_ratio"], cfg["clip_ratio"], 3.0, n, prompts)
     state = {"policy": policy, "disc": disc, "actor_opt": actor_opt, "disc_opt": disc_opt}
-    checkpoint = Checkpoint(args.work, every=max(1, cfg["steps"] // 4))
-    start = checkpoint.load(state)
-    log = MetricLog(args.work / "metrics.csv", cfg["steps"])
-    log.reset_after(start)
-    for step in range(start, cfg["steps"]):
+    run = TrainingRun(args, "align", cfg["steps"], state)
+    for step in run.steps():
         picked = random.Random(cfg["seed"] * 100_003 + step).sample(rows, prompts)
         group_rows = [r for r in picked for _ in range(n)]
         rollouts = generate(policy, processor, group_rows, cfg["max_response_length"], cfg["temperature"])
@@ -128,7 +122,7 @@ def run(args) -> None:
         torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg["grad_clip"])
         actor_opt.step()
         actor_opt.zero_grad()
-        log.log(
+        run.record(
             step + 1,
             pg_loss=pg_loss.item(),
             valid_ratio=valid.float().mean().item(),
@@ -137,16 +131,6 @@ def run(args) -> None:
             response_length=rollouts.lengths.float().mean().item(),
             **disc_metrics,
         )
-        checkpoint.save(step + 1, state)
     save_pretrained(policy, processor, args.model, args.out)
-    shutil.copy(args.work / "metrics.csv", args.out / "metrics.csv")
-    rows_logged = log.rows()
-    metrics = {"steps": cfg["steps"], "final_valid_ratio": float(rows_logged[-1]["valid_ratio"])}
-    write_manifest(
-        args.out / MANIFEST,
-        "align",
-        [f"{args.model}/{MANIFEST}", f"{args.disc}/{MANIFEST}", f"{args.data}/{MANIFEST}"],
-        cfg,
-        metrics,
-        started,
-    )
+    valid = run.metric("valid_ratio")
+    run.finish({"first_valid_ratio": valid[0], "final_valid_ratio": valid[-1]})

@@ -132,10 +132,13 @@ def supervised_batch(processor, rows: list[dict], responses: list[str], max_leng
 
 
 def save_pretrained(model, processor, source_dir: str | Path, out_dir: str | Path) -> None:
-    """Save weights and processor; carry over the source's remote-code processor files unchanged."""
-    out_dir = Path(out_dir)
+    """Save weights and processor, carrying over the source's remote-code processor files."""
     model.save_pretrained(out_dir)
+    save_processor(processor, source_dir, out_dir)
+
+
+def save_processor(processor, source_dir: str | Path, out_dir: str | Path) -> None:
     processor.save_pretrained(out_dir)
     for extra in [*Path(source_dir).glob("*.py"), Path(source_dir) / "processor_config.json"]:
         if extra.exists():
-            shutil.copy(extra, out_dir / extra.name)
+            shutil.copy(extra, Path(out_dir) / extra.name)

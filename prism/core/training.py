@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import os
 import random
+import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -18,6 +21,21 @@ def setup(threads: int, seed: int) -> None:
     torch.set_num_threads(max(1, threads))
     random.seed(seed)
     torch.manual_seed(seed)
+
+
+def epoch_batch(rows: list, seed: int, index: int, batch_size: int) -> list:
+    """The index-th batch of a seeded per-epoch shuffle: a pure function of the step, so resumable."""
+    per_epoch = math.ceil(len(rows) / batch_size)
+    epoch, position = divmod(index, per_epoch)
+    order = list(range(len(rows)))
+    random.Random(seed + epoch).shuffle(order)
+    return [rows[i] for i in order[position * batch_size : (position + 1) * batch_size]]
+
+
+def optimizer_and_schedule(parameters, cfg: dict, total: int):
+    optimizer = torch.optim.AdamW(parameters, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    warmup = round(cfg["warmup_ratio"] * total)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, warmup, cfg["scheduler"]))
 
 
 def lr_lambda(total_steps: int, warmup_steps: int, scheduler: str = "constant"):
@@ -117,16 +135,78 @@ def stage_parser(prog: str, description: str, inputs: tuple[str, ...]):
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--config", required=True, type=parse_slice, help="the rule's config slice, JSON")
     for name in inputs:
-        parser.add_argument(f"--{name}", required=True, help=f"input artifact directory: {name}")
+        parser.add_argument(f"--{name}", required=True, type=Path, help=f"input artifact directory: {name}")
     parser.add_argument("--out", required=True, type=Path, help="artifact directory; manifest.json last")
     parser.add_argument("--work", required=True, type=Path, help="resumable state, kept across failures")
     parser.add_argument("--threads", type=int, default=1)
     return parser
 
 
-def unavailable_engine(stage: str, engine: str, issue: int) -> None:
-    sys.exit(
-        f"{stage}: engine {engine!r} is not available in this version of prism-pipeline (tracked in issue "
-        f"#{issue}). Set {stage}.engine: cpu for tiny runs, or {stage}.source: released to use the authors' "
-        "checkpoint."
-    )
+def fingerprint(config: dict, input_dirs: list[Path]) -> str:
+    """What a job trains on: its config slice and its inputs' manifests. State of another is never resumed."""
+    from prism.core.manifest import MANIFEST, file_sha256
+
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
+    for directory in input_dirs:
+        digest.update(file_sha256(Path(directory) / MANIFEST).encode())
+    return digest.hexdigest()[:16]
+
+
+def run_stage(
+    stage: str,
+    description: str,
+    inputs: tuple[str, ...],
+    issue: int,
+    runner: Callable,
+    engine: Callable[[dict], str] | None = None,
+    argv: list[str] | None = None,
+) -> None:
+    """Entry point of a stage: parse, refuse an engine this version lacks, run in a keyed work directory."""
+    args = stage_parser(f"python -m prism.{stage}", description, inputs).parse_args(argv)
+    chosen = engine(args.config) if engine else "cpu"
+    if chosen != "cpu":
+        sys.exit(
+            f"{stage}: engine {chosen!r} is not available in this version of prism-pipeline (tracked in "
+            f"issue #{issue}). Set the engine to cpu for tiny runs, or the stage's source to released to use "
+            "the authors' checkpoint."
+        )
+    args.inputs = [getattr(args, name) for name in inputs]
+    args.work = args.work / fingerprint(args.config, args.inputs)
+    runner(args)
+
+
+class TrainingRun:
+    """One resumable training job: state in the work directory, a metrics CSV, the manifest at the end."""
+
+    def __init__(self, args, stage: str, total_steps: int, state: dict):
+        self.args, self.stage, self.total, self.state = args, stage, total_steps, state
+        self.started = time.time()
+        self.checkpoint = Checkpoint(args.work, every=max(1, total_steps // 4))
+        self.start = self.checkpoint.load(state)
+        self.log = MetricLog(args.work / "metrics.csv", total_steps)
+        self.log.reset_after(self.start)
+
+    def steps(self) -> range:
+        return range(self.start, self.total)
+
+    def record(self, step: int, **metrics) -> None:
+        self.log.log(step, **metrics)
+        self.checkpoint.save(step, self.state)
+
+    def metric(self, name: str) -> list[float]:
+        return [float(row[name]) for row in self.log.rows() if row.get(name) not in (None, "")]
+
+    def finish(self, metrics: dict) -> None:
+        """Copy the curves beside the artifact, then write its manifest: last, by rename."""
+        from prism.core.manifest import MANIFEST, write_manifest
+
+        shutil.copy(self.args.work / "metrics.csv", self.args.out / "metrics.csv")
+        inputs = [Path(d) / MANIFEST for d in self.args.inputs]
+        write_manifest(
+            self.args.out / MANIFEST,
+            self.stage,
+            inputs,
+            self.args.config,
+            {"steps": self.total, **metrics},
+            self.started,
+        )

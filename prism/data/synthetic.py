@@ -54,8 +54,7 @@ class Scene:
 
     def caption(self) -> str:
         noun = self.kind if self.count == 1 else f"{self.kind}s"
-        where = ", ".join(("top left", "top right", "bottom left", "bottom right")[c] for c in self.cells)
-        return f"- {NUMBER_WORDS[self.count]} {self.colour} {noun}\n- at the {where}\n- white background"
+        return f"- {NUMBER_WORDS[self.count]} {self.colour} {noun}"
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ def run(args) -> None:
     processor, model = load_processor(args.model), load_model(args.model)
     summary = {}
     for benchmark in cfg["benchmarks"]:
-        rows = read_parquet_rows(f"{args.data}/{benchmark}.parquet", RL_COLUMNS)
+        rows = read_parquet_rows(args.data / f"{benchmark}.parquet", RL_COLUMNS)
         accs, formats = [], []
         torch.manual_seed(cfg["seed"])
         for start in range(0, len(rows), BATCH):

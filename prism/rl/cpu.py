@@ -4,15 +4,12 @@ penalty (method-reference §4.2), on rollouts from HF generate and the shared re
 from __future__ import annotations
 
 import random
-import shutil
-import time
 
 import torch
 
-from prism.core.manifest import MANIFEST, write_manifest
 from prism.core.modeling import generate, load_model, load_processor, save_pretrained, token_logprobs
 from prism.core.reward import compute_score
-from prism.core.training import Checkpoint, MetricLog, lr_lambda, setup
+from prism.core.training import TrainingRun, lr_lambda, setup
 from prism.core.verl_algos import actor_config, grpo_advantage, policy_loss
 from prism.data.formats import RL_COLUMNS, read_parquet_rows
 
@@ -52,10 +49,10 @@ def sample_groups(policy, processor, rows, cfg, algo, rng):
 
 
 def run(args) -> None:
-    cfg, started = args.config, time.time()
+    cfg = args.config
     algo = cfg["algorithm"]
     setup(args.threads, cfg["seed"])
-    rows = read_parquet_rows(f"{args.data}/train.parquet", RL_COLUMNS)
+    rows = read_parquet_rows(args.data / "train.parquet", RL_COLUMNS)
     processor, policy = load_processor(args.model), load_model(args.model)
     policy.model.visual.requires_grad_(False)
     optimizer = torch.optim.AdamW(
@@ -71,12 +68,10 @@ def run(args) -> None:
         cfg["rollouts_per_prompt"],
         cfg["prompts_per_step"],
     )
-    state = {"policy": policy, "optimizer": optimizer, "schedule": schedule}
-    checkpoint = Checkpoint(args.work, every=max(1, cfg["steps"] // 4))
-    start = checkpoint.load(state)
-    log = MetricLog(args.work / "metrics.csv", cfg["steps"])
-    log.reset_after(start)
-    for step in range(start, cfg["steps"]):
+    run = TrainingRun(
+        args, "rl", cfg["steps"], {"policy": policy, "optimizer": optimizer, "schedule": schedule}
+    )
+    for step in run.steps():
         rng = random.Random(cfg["seed"] * 100_003 + step)
         groups, gen_batches = sample_groups(policy, processor, rows, cfg, algo, rng)
         policy.train()
@@ -105,7 +100,7 @@ def run(args) -> None:
         optimizer.step()
         schedule.step()
         optimizer.zero_grad()
-        log.log(
+        run.record(
             step + 1,
             reward=sum(rewards) / len(rewards),
             acc=sum(accs) / len(accs),
@@ -115,23 +110,9 @@ def run(args) -> None:
             gen_batches=gen_batches,
             lr=schedule.get_last_lr()[0],
         )
-        checkpoint.save(step + 1, state)
     save_pretrained(policy, processor, args.model, args.out)
-    shutil.copy(args.work / "metrics.csv", args.out / "metrics.csv")
-    logged = log.rows()
-    metrics = {
-        "steps": cfg["steps"],
-        "first_reward": float(logged[0]["reward"]),
-        "final_reward": float(logged[-1]["reward"]),
-    }
-    write_manifest(
-        args.out / MANIFEST,
-        "rl",
-        [f"{args.model}/{MANIFEST}", f"{args.data}/{MANIFEST}"],
-        cfg,
-        metrics,
-        started,
-    )
+    reward = run.metric("reward")
+    run.finish({"first_reward": reward[0], "final_reward": reward[-1]})
 
 
 def _images_of(inputs: dict, members: list[int]):

@@ -1,0 +1,90 @@
+"""The tiny pipeline end to end in a copy of the workflow: every stage runs, learns, and reruns precisely."""
+
+import csv
+import json
+import re
+import time
+
+import pytest
+import yaml
+
+from conftest import copy_workflow, snakemake, write_config
+from prism.cluster.plan import plan_jobs
+
+pytestmark = pytest.mark.pipeline
+TINY = ["--configfile", "config/tiny.yaml"]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One complete tiny run, shared by the tests below (a few minutes on 2 cores)."""
+    workdir = copy_workflow(tmp_path_factory.mktemp("tiny-run"))
+    start = time.time()
+    result = snakemake(workdir, "--workflow-profile", "profiles/local", *TINY, timeout=1500)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    print(f"tiny pipeline: {time.time() - start:.0f} s")
+    return workdir
+
+
+def read_csv(path):
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_table_has_one_full_row_per_variant(finished):
+    rows = read_csv(finished / "results/tables/main.csv")
+    variants = yaml.safe_load((finished / "config/config.yaml").read_text())["eval"]["variants"]
+    assert [(r["policy"], r["variant"]) for r in rows] == [("tiny", v) for v in variants]
+    for row in rows:
+        assert all(re.fullmatch(r"\d+\.\d", row[k]) for k in row if k not in ("policy", "variant"))
+    versus = read_csv(finished / "results/tables/main_vs_paper.csv")
+    assert len(versus) == len(variants) * 8 and all(r["paper"] == "" for r in versus)
+
+
+def test_training_learns(finished):
+    sft = read_csv(finished / "results/models/sft/tiny/metrics.csv")
+    first, last = float(sft[0]["loss"]), sum(float(r["loss"]) for r in sft[-10:]) / 10
+    assert last < 0.2 * first
+    table = {r["variant"]: float(r["Avg"]) for r in read_csv(finished / "results/tables/main.csv")}
+    assert table["sft"] > table["instruct"] + 10  # the random base cannot even keep the format
+    warm = json.loads((finished / "results/models/discriminator/warm/manifest.json").read_text())
+    assert warm["metrics"]["final_loss"] < warm["metrics"]["first_loss"]
+
+
+def test_every_artifact_has_a_manifest_naming_its_inputs(finished):
+    manifests = list((finished / "results").rglob("manifest.json"))
+    assert len(manifests) == 2 + 4 + 1 + 1 + 2 + 1 + 6 + 9  # models, data, bench, sft, disc, align, rl, eval
+    rl = json.loads((finished / "results/models/rl/tiny/prism-dapo/manifest.json").read_text())
+    assert set(rl["inputs"]) == {"results/models/prism/tiny/manifest.json", "results/data/rl/manifest.json"}
+    assert rl["config"]["algorithm"]["clip_ratio_high"] == 0.28
+
+
+def test_a_finished_run_has_nothing_to_do(finished):
+    result = snakemake(finished, "-n", *TINY)
+    assert result.returncode == 0
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def rule_counts(workdir, configfiles):
+    jobs = plan_jobs(workdir, [workdir / f for f in configfiles], ["all"])
+    counts = {}
+    for job in jobs:
+        counts[job.rule] = counts.get(job.rule, 0) + 1
+    return counts
+
+
+def test_one_rl_hyperparameter_reruns_only_its_runs_their_evaluations_and_the_table(finished):
+    overlay = write_config(finished, "dapo.yaml", {"rl": {"algorithm": {"dapo": {"clip_ratio_high": 0.3}}}})
+    counts = rule_counts(finished, ["config/tiny.yaml", overlay])
+    assert counts == {"rl": 2, "evaluate": 2, "tables": 1, "all": 1}
+
+
+def test_a_code_change_reruns_the_stage_that_runs_it(finished):
+    module = finished / "prism/rl/cpu.py"
+    original = module.read_text()
+    try:
+        module.write_text(original + "\n# changed\n")
+        counts = rule_counts(finished, ["config/tiny.yaml"])
+    finally:
+        module.write_text(original)
+    assert counts == {"rl": 6, "evaluate": 6, "tables": 1, "all": 1}
