@@ -10,7 +10,7 @@ rule fetch_model:
     conda:
         "../envs/workflow.yaml"
     params:
-        spec=lambda wc: as_arg(CFG.models[wc.model].model_dump()),
+        spec=lambda wc: as_arg(CFG.models[wc.model].selected()),
     shell:
         "python -m prism.data model --name {wildcards.model} --config {params.spec}"
         " --out $(dirname {output.manifest}) > {log} 2>&1"
@@ -28,7 +28,7 @@ rule fetch_dataset:
     conda:
         "../envs/workflow.yaml"
     params:
-        spec=lambda wc: config_slice(getattr(CFG.data, wc.dataset), exclude=()),
+        spec=lambda wc: as_arg(getattr(CFG.data, wc.dataset).selected()),
     shell:
         "python -m prism.data dataset --name {wildcards.dataset} --config {params.spec}"
         " --out $(dirname {output.manifest}) > {log} 2>&1"

@@ -51,7 +51,9 @@ def workflow_copy(tmp_path) -> Path:
 
 
 def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    # jobs run `python -m prism...`: the interpreter running the tests, and the workflow copy's package
     env = dict(os.environ, PYTHONPATH=str(workdir))
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     command = [str(Path(sys.executable).with_name("snakemake")), *args]
     return subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=timeout, env=env)
 

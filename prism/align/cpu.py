@@ -37,8 +37,8 @@ def run(args) -> None:
     setup(args.threads, cfg["seed"])
     rows = read_parquet_rows(args.data / "train.parquet", ALIGN_COLUMNS)
     processor, policy = load_processor(args.model), load_model(args.model)
+    policy.model.visual.requires_grad_(not cfg["freeze_vision_tower"])
     disc, disc_processor = Discriminator.load(args.disc), load_processor(args.disc)
-    policy.model.visual.requires_grad_(False)
     actor_opt = torch.optim.AdamW(
         [p for p in policy.parameters() if p.requires_grad],
         lr=cfg["actor_lr"],

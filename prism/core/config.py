@@ -97,6 +97,10 @@ class Model(Strict):
             raise ValueError(f"source is {self.source!r} but the {self.source!r} block is missing")
         return self
 
+    def selected(self) -> dict:
+        """The source and its own block only: what the fetch or build depends on."""
+        return {"source": self.source, self.source: getattr(self, self.source).model_dump()}
+
 
 class Policy(Strict):
     name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9.-]*$")]
@@ -115,6 +119,7 @@ class Dataset(Strict):
     synthetic: Synthetic | None = None
 
     _source_block = Model._source_block
+    selected = Model.selected
 
 
 class Data(Strict):
@@ -198,6 +203,7 @@ class Align(Strict):
     grad_clip: PositiveFloat
     clip_ratio: PositiveFloat
     kl_coef: Annotated[float, Field(ge=0)]
+    freeze_vision_tower: bool = False
     alpha: Fraction
     format_penalty: Annotated[float, Field(ge=0)]
     score_clip: PositiveFloat
@@ -245,6 +251,7 @@ class Rl(Strict):
     lr: PositiveFloat
     grad_clip: PositiveFloat
     kl_coef: Annotated[float, Field(ge=0)]
+    freeze_vision_tower: bool = False
     accuracy_weight: Fraction
     format_weight: Fraction
     seed: int = 42

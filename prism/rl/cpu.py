@@ -54,7 +54,7 @@ def run(args) -> None:
     setup(args.threads, cfg["seed"])
     rows = read_parquet_rows(args.data / "train.parquet", RL_COLUMNS)
     processor, policy = load_processor(args.model), load_model(args.model)
-    policy.model.visual.requires_grad_(False)
+    policy.model.visual.requires_grad_(not cfg["freeze_vision_tower"])
     optimizer = torch.optim.AdamW(
         [p for p in policy.parameters() if p.requires_grad], lr=cfg["lr"], weight_decay=algo["weight_decay"]
     )
