@@ -55,6 +55,7 @@ def bad(config: dict, path: str, value) -> dict:
         ("policies.0.model", "qwen9", ["policies.0.model", "'qwen9' is not in models"]),
         ("sft.resources.gpus", 16, ["sft.resources.gpus", "do not fit on 1 node"]),
         ("discriminator.upcycle.top_k", 5, ["top_k (5) must not exceed num_experts (4)"]),
+        ("rl.algorithm.dapo.overlong_buffer.length", 9000, ["overlong_buffer.length of ['dapo']"]),
         ("rl.algorithms", ["grpo", "dapo", "gspo"], None),
     ],
 )

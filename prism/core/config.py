@@ -263,15 +263,14 @@ class Rl(Strict):
         missing = [a for a in self.algorithms if a not in self.algorithm]
         if missing:
             raise ValueError(f"no settings under rl.algorithm for {missing}")
-        if self.overlong_exceeds_length():
-            raise ValueError("an overlong_buffer length must be shorter than max_response_length")
+        too_long = [
+            name
+            for name, settings in self.algorithm.items()
+            if settings.overlong_buffer.enable and settings.overlong_buffer.length >= self.max_response_length
+        ]
+        if too_long:
+            raise ValueError(f"overlong_buffer.length of {too_long} must be shorter than max_response_length")
         return self
-
-    def overlong_exceeds_length(self) -> bool:
-        return any(
-            s.overlong_buffer.enable and s.overlong_buffer.length >= self.max_response_length
-            for s in self.algorithm.values()
-        )
 
 
 class Eval(Strict):

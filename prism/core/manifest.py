@@ -63,7 +63,3 @@ def write_manifest(
     }
     write_json_atomic(path, manifest)
     return manifest
-
-
-def read_manifest(path: str | Path) -> dict:
-    return json.loads(Path(path).read_text())

@@ -37,12 +37,3 @@ def to_chat(messages: list[dict]) -> list[dict]:
             content = items
         chat.append({"role": message["role"], "content": content})
     return chat
-
-
-def count_images(messages: list[dict]) -> int:
-    return sum(
-        m["content"].count(IMAGE_PLACEHOLDER)
-        if isinstance(m["content"], str)
-        else sum(item.get("type") == "image" for item in m["content"])
-        for m in messages
-    )
