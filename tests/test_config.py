@@ -47,7 +47,7 @@ def bad(config: dict, path: str, value) -> dict:
     [
         ("rl.algorithms", ["grpo", "ppo"], ["rl.algorithms.1", "'grpo', 'dapo' or 'gspo'", "'ppo'"]),
         ("eval.benchmarks", ["mmbench"], ["eval.benchmarks.0", "'mathvista'", "'mmbench'"]),
-        ("sft.lrr", 1e-5, ["sft.lrr", "unknown key", "allowed here: source, released, engine, lr"]),
+        ("sft.lrr", 1e-5, ["sft.lrr", "unknown key", "allowed here: lr, scheduler,", "engine"]),
         ("rl.lr", "fast", ["rl.lr", "valid number"]),
         ("align.alpha", 1.5, ["align.alpha", "less than or equal to 1"]),
         ("sft.engine", "deepspeed", ["sft.engine", "'llamafactory' or 'cpu'"]),

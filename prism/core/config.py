@@ -129,10 +129,9 @@ class Data(Strict):
     rl: Dataset
 
 
-class Sft(Strict):
-    source: Source = "build"
-    released: dict[str, str] = {}
-    engine: Literal["llamafactory", "cpu"]
+class EpochTraining(Strict):
+    """Supervised-style training over a data set: what SFT and the discriminator warmup share."""
+
     lr: PositiveFloat
     scheduler: Literal["cosine", "constant"] = "cosine"
     warmup_ratio: Fraction
@@ -141,9 +140,15 @@ class Sft(Strict):
     batch_size: PositiveInt
     grad_accum: PositiveInt = 1
     max_length: PositiveInt
-    freeze_vision_tower: bool = True
     seed: int = 42
     resources: Resources
+
+
+class Sft(EpochTraining):
+    source: Source = "build"
+    released: dict[str, str] = {}
+    engine: Literal["llamafactory", "cpu"]
+    freeze_vision_tower: bool = True
 
 
 class Upcycle(Strict):
@@ -162,20 +167,10 @@ class Upcycle(Strict):
         return self
 
 
-class Warmup(Strict):
+class Warmup(EpochTraining):
     engine: Literal["accelerate", "cpu"]
-    lr: PositiveFloat
-    weight_decay: Annotated[float, Field(ge=0)]
-    scheduler: Literal["cosine", "constant"] = "cosine"
-    warmup_ratio: Fraction
-    epochs: PositiveInt
-    batch_size: PositiveInt
-    grad_accum: PositiveInt
-    max_length: PositiveInt
     max_pixels: PositiveInt
     grad_clip: PositiveFloat
-    seed: int = 42
-    resources: Resources
 
 
 class Discriminator(Strict):
@@ -187,9 +182,10 @@ class Discriminator(Strict):
     warmup: Warmup
 
 
-class Align(Strict):
+class OnPolicyTraining(Strict):
+    """Rollout-based training with verl or the CPU loop: what alignment and RLVR share."""
+
     source: Source = "build"
-    released: dict[str, str] = {}
     engine: Literal["verl", "cpu"]
     steps: PositiveInt
     prompts_per_step: PositiveInt
@@ -197,19 +193,23 @@ class Align(Strict):
     max_prompt_length: PositiveInt
     max_response_length: PositiveInt
     temperature: PositiveFloat
+    grad_clip: PositiveFloat
+    kl_coef: Annotated[float, Field(ge=0)]
+    freeze_vision_tower: bool = False
+    seed: int = 42
+    resources: Resources
+
+
+class Align(OnPolicyTraining):
+    released: dict[str, str] = {}
     actor_lr: PositiveFloat
     disc_lr: PositiveFloat
     weight_decay: Annotated[float, Field(ge=0)]
-    grad_clip: PositiveFloat
     clip_ratio: PositiveFloat
-    kl_coef: Annotated[float, Field(ge=0)]
-    freeze_vision_tower: bool = False
     alpha: Fraction
     format_penalty: Annotated[float, Field(ge=0)]
     score_clip: PositiveFloat
     score_reg_coef: Annotated[float, Field(ge=0)]
-    seed: int = 42
-    resources: Resources
 
 
 class DynamicSampling(Strict):
@@ -236,27 +236,14 @@ class AlgorithmSettings(Strict):
     overlong_buffer: OverlongBuffer
 
 
-class Rl(Strict):
-    source: Source = "build"
+class Rl(OnPolicyTraining):
     released: dict[str, dict[str, str]] = {}
-    engine: Literal["verl", "cpu"]
     inits: list[Init]
     algorithms: list[Algorithm]
-    steps: PositiveInt
-    prompts_per_step: PositiveInt
-    rollouts_per_prompt: Annotated[int, Field(ge=2)]
-    max_prompt_length: PositiveInt
-    max_response_length: PositiveInt
-    temperature: PositiveFloat
     lr: PositiveFloat
-    grad_clip: PositiveFloat
-    kl_coef: Annotated[float, Field(ge=0)]
-    freeze_vision_tower: bool = False
     accuracy_weight: Fraction
     format_weight: Fraction
-    seed: int = 42
     algorithm: dict[Algorithm, AlgorithmSettings]
-    resources: Resources
 
     @model_validator(mode="after")
     def _settings_for_each_algorithm(self):
