@@ -103,14 +103,15 @@ def test_discriminator_round_trips_and_never_invents_a_head(tiny_dir, rows, tmp_
     from safetensors.torch import save_file
 
     save_file({"v_head.1.weight": torch.zeros(1, 32)}, tmp_path / "disc" / "value_head.safetensors")
-    with pytest.raises(DiscriminatorError, match="expected v_head.1.weight of shape"):
+    with pytest.raises(DiscriminatorError, match="the head belongs to another model"):
         Discriminator.load(tmp_path / "disc")
 
 
 def test_discriminator_scores_the_last_real_token_whatever_the_padding_side(tiny_dir, rows):
     processor = load_processor(str(tiny_dir))
     disc = Discriminator(load_model(str(tiny_dir)), dropout=0.0).eval()
-    segments = [r["example"].teacher_response()[: 20 + 15 * i] for i, r in enumerate(rows)]
+    # row 0 is the longest: the case the reference scores at the wrong token (method-reference B1)
+    segments = [r["example"].teacher_response()[: 100 - 15 * i] for i, r in enumerate(rows)]
     left = render(processor, [r["example"].question for r in rows], [r["image"] for r in rows], segments)
     mask = left["attention_mask"].bool()
     assert mask.sum(-1).unique().numel() > 1  # rows of different lengths, so padding matters
@@ -121,6 +122,35 @@ def test_discriminator_scores_the_last_real_token_whatever_the_padding_side(tiny
     right = {**left, **{k: pad_right(left[k]) for k in ("input_ids", "attention_mask", "mm_token_type_ids")}}
     with torch.no_grad():
         assert torch.allclose(disc(left), disc(right), atol=1e-4)
+
+
+def test_teacher_and_student_segments_end_on_the_same_scored_token(tiny_dir, rows):
+    """Method-reference B2: both sides are rendered by one function, so the score is read on one token."""
+    processor = load_processor(str(tiny_dir))
+    example = rows[0]["example"]
+    teacher = example.teacher_response()
+    student = teacher.replace(example.answer, "wrong") + "\n\n"
+    inputs = render(processor, [example.question] * 2, [rows[0]["image"]] * 2, [teacher, student])
+    last = inputs["input_ids"][:, -1]  # left padding: the last column is every row's last real token
+    assert last[0] == last[1]
+    assert inputs["attention_mask"][:, -1].all()
+
+
+def test_a_released_discriminator_with_its_head_inside_the_shards_loads(tiny_dir, rows, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    processor = load_processor(str(tiny_dir))
+    disc = Discriminator(load_model(str(tiny_dir)), dropout=0.1).eval()
+    disc.save(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    weights["v_head.1.weight"] = load_file(tmp_path / "value_head.safetensors")["v_head.1.weight"]
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    (tmp_path / "value_head.safetensors").unlink()
+    (tmp_path / "discriminator.json").unlink()
+    example = rows[0]["example"]
+    inputs = render(processor, [example.question], [rows[0]["image"]], [example.teacher_response()])
+    with torch.no_grad():
+        assert torch.equal(Discriminator.load(tmp_path, dropout=0.1).eval()(inputs), disc(inputs))
 
 
 def run_sft(model_dir, data_dir, out, work, steps_config):

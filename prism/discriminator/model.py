@@ -63,27 +63,40 @@ class Discriminator(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path, dropout: float | None = None) -> Discriminator:
-        from safetensors.torch import load_file
+        """Backbone + head, or an error: the head comes from value_head.safetensors (ours) or from the
+        backbone's own shards (the authors' release stores `v_head.1.weight` there)."""
         from transformers import AutoModelForImageTextToText
 
         path = Path(path)
-        if not (path / HEAD_FILE).exists():
-            raise DiscriminatorError(
-                f"{path}: no {HEAD_FILE}; this is not a discriminator checkpoint "
-                "(a warmed discriminator saves its value head beside the backbone)"
-            )
-        meta = json.loads((path / "discriminator.json").read_text())
+        head = find_head(path)
+        meta_file = path / "discriminator.json"
+        if dropout is None:
+            dropout = json.loads(meta_file.read_text())["dropout"] if meta_file.exists() else 0.1
         backbone = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32)
-        model = cls(backbone, meta["dropout"] if dropout is None else dropout)
-        head = load_file(path / HEAD_FILE)
-        if set(head) != {HEAD_KEY} or head[HEAD_KEY].shape != model.v_head[1].weight.shape:
+        model = cls(backbone, dropout)
+        expected = tuple(model.v_head[1].weight.shape)
+        if tuple(head.shape) != expected:
             raise DiscriminatorError(
-                f"{path}/{HEAD_FILE}: expected {HEAD_KEY} of shape "
-                f"{tuple(model.v_head[1].weight.shape)}, found "
-                f"{ {k: tuple(v.shape) for k, v in head.items()} }"
+                f"{path}: value head {HEAD_KEY} has shape {tuple(head.shape)}, but the backbone's hidden size "
+                f"needs {expected}; the head belongs to another model"
             )
-        model.v_head[1].weight.data.copy_(head[HEAD_KEY])
+        model.v_head[1].weight.data.copy_(head)
         return model
+
+
+def find_head(path: Path) -> torch.Tensor:
+    from safetensors import safe_open
+
+    shards = [path / HEAD_FILE, *sorted(path.glob("model*.safetensors"))]
+    for shard in shards:
+        if shard.exists():
+            with safe_open(shard, "pt") as handle:
+                if HEAD_KEY in handle.keys():
+                    return handle.get_tensor(HEAD_KEY)
+    raise DiscriminatorError(
+        f"{path}: no value head ({HEAD_KEY} in {HEAD_FILE} or the model shards); this is a plain model, not a "
+        "discriminator checkpoint. Point discriminator.released at a warmed discriminator, or build one."
+    )
 
 
 def render(processor, questions: list[str], images: list, segments: list[str]) -> dict:
