@@ -71,6 +71,11 @@ rule fetch_released:
         "../envs/workflow.yaml"
     params:
         spec=lambda wc: as_arg({"source": "hf", "hf": {"repo": RELEASED[wc.slug]}}),
+        expect=lambda wc: (
+            "discriminator"
+            if RELEASED[wc.slug] == CFG.discriminator.released
+            else "policy"
+        ),
     shell:
         "python -m prism.data model --name {wildcards.slug} --config {params.spec}"
-        " --out $(dirname {output.manifest}) > {log} 2>&1"
+        " --expect {params.expect} --out $(dirname {output.manifest}) > {log} 2>&1"

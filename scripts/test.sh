@@ -4,8 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
-ruff check prism tests
-ruff format --check prism tests
+ruff check prism tests benchmarks
+ruff format --check prism tests benchmarks
 snakefmt --check Snakefile rules
 snakemake --lint
 pytest -q "$@"

@@ -208,3 +208,12 @@ def test_sft_learns_and_a_rerun_resumes_from_the_work_directory(tiny_dir, tmp_pa
     assert set(manifest["inputs"]) == {f"{tiny_dir}/manifest.json", f"{tmp_path / 'data'}/manifest.json"}
     rerun = run_sft(tiny_dir, tmp_path / "data", tmp_path / "out", tmp_path / "work", {"epochs": 2})
     assert "resumed from step 16" in rerun.stdout
+
+
+def test_a_downloaded_discriminator_is_checked_for_its_head(tiny_dir, tmp_path):
+    from prism.data.__main__ import check_discriminator
+
+    with pytest.raises(SystemExit, match="this is a plain model, not a discriminator"):
+        check_discriminator(tiny_dir)
+    Discriminator(load_model(str(tiny_dir)), dropout=0.1).save(tmp_path)
+    assert check_discriminator(tmp_path) == [1, 64]

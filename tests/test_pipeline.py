@@ -47,8 +47,9 @@ def test_training_learns(finished):
     assert last < 0.2 * first
     table = {r["variant"]: float(r["Avg"]) for r in read_csv(finished / "results/tables/main.csv")}
     assert table["sft"] > table["instruct"] + 10  # the random base cannot even keep the format
-    warm = json.loads((finished / "results/models/discriminator/warm/manifest.json").read_text())
-    assert warm["metrics"]["final_loss"] < warm["metrics"]["first_loss"]
+    warm = json.loads((finished / "results/models/discriminator/warm/manifest.json").read_text())["metrics"]
+    assert warm["heldout_loss_after"] < warm["heldout_loss_before"]
+    assert warm["heldout_acc_after"] > 0.6
 
 
 def test_every_artifact_has_a_manifest_naming_its_inputs(finished):

@@ -169,6 +169,7 @@ class Upcycle(Strict):
 
 class Warmup(EpochTraining):
     engine: Literal["accelerate", "cpu"]
+    heldout_pairs: Annotated[int, Field(ge=0)]
     max_pixels: PositiveInt
     grad_clip: PositiveFloat
 

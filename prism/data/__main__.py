@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -35,6 +36,21 @@ def download(hf: dict, out: Path, repo_type: str) -> dict:
         )
         files[repo] = sorted(str(p.relative_to(out)) for p in target.rglob("*") if p.is_file())
     return {"repos": repos, "revision": hf.get("revision", "main"), "files": files}
+
+
+def check_discriminator(path: Path) -> list[int]:
+    """A discriminator must carry a value head that fits its backbone; otherwise no manifest is written."""
+    from prism.discriminator.model import DiscriminatorError, find_head
+
+    try:
+        head = find_head(path)
+    except DiscriminatorError as err:
+        sys.exit(str(err))
+    config = json.loads((path / "config.json").read_text())
+    hidden = config.get("text_config", config)["hidden_size"]
+    if tuple(head.shape) != (1, hidden):
+        sys.exit(f"{path}: value head of shape {tuple(head.shape)} does not fit hidden size {hidden}")
+    return list(head.shape)
 
 
 def verl_row(example: synthetic.Example, index: int, split: str) -> dict:
@@ -156,6 +172,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", required=True)
     parser.add_argument("--config", required=True, help="the rule's config slice, JSON")
     parser.add_argument("--out", required=True, help="artifact directory; its manifest.json is written last")
+    parser.add_argument(
+        "--expect",
+        choices=["policy", "discriminator"],
+        default="policy",
+        help="what a downloaded model must be; a discriminator must carry its value head",
+    )
     args = parser.parse_args(argv)
     spec, out, started = parse_slice(args.config), Path(args.out), time.time()
     out.mkdir(parents=True, exist_ok=True)
@@ -170,6 +192,8 @@ def main(argv: list[str] | None = None) -> None:
         facts = build_benchmarks(spec["synthetic"], out)
     else:
         facts = build_dataset(args.name, spec["synthetic"], out)
+    if args.expect == "discriminator":
+        facts["value_head"] = check_discriminator(out)
     write_manifest(out / MANIFEST, f"{args.kind}:{args.name}", [], spec, metrics=facts, started=started)
     print(json.dumps(facts))
 

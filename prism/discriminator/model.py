@@ -77,8 +77,8 @@ class Discriminator(nn.Module):
         expected = tuple(model.v_head[1].weight.shape)
         if tuple(head.shape) != expected:
             raise DiscriminatorError(
-                f"{path}: value head {HEAD_KEY} has shape {tuple(head.shape)}, but the backbone's hidden size "
-                f"needs {expected}; the head belongs to another model"
+                f"{path}: value head {HEAD_KEY} has shape {tuple(head.shape)}, but the backbone's hidden "
+                f"size needs {expected}; the head belongs to another model"
             )
         model.v_head[1].weight.data.copy_(head)
         return model
@@ -94,8 +94,8 @@ def find_head(path: Path) -> torch.Tensor:
                 if HEAD_KEY in handle.keys():
                     return handle.get_tensor(HEAD_KEY)
     raise DiscriminatorError(
-        f"{path}: no value head ({HEAD_KEY} in {HEAD_FILE} or the model shards); this is a plain model, not a "
-        "discriminator checkpoint. Point discriminator.released at a warmed discriminator, or build one."
+        f"{path}: no value head ({HEAD_KEY} in {HEAD_FILE} or the model shards); this is a plain model, not "
+        "a discriminator checkpoint. Point discriminator.released at a warmed discriminator, or build one."
     )
 
 

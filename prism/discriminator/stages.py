@@ -43,13 +43,60 @@ def upcycle_stage(args) -> None:
     write_manifest(args.out / MANIFEST, "upcycle", [args.model / MANIFEST], args.config, metrics, started)
 
 
+def render_pairs(processor, pairs: list[dict]) -> dict:
+    """Teacher then student, caption then reasoning: 4 rows per line, rendered by the one `render`."""
+    segments = [
+        p[f"{side}_{part}"] for side in ("teacher", "student") for part in ("caption", "cot") for p in pairs
+    ]
+    return render(processor, [p["prompt"] for p in pairs] * 4, [p["image"] for p in pairs] * 4, segments)
+
+
+def within_length(processor, pairs: list[dict], max_length: int) -> list[dict]:
+    """The lines whose four renderings all fit: over-long ones are left out (and counted), never cut."""
+    lengths = render_pairs(processor, pairs)["attention_mask"].sum(-1).view(4, len(pairs)).max(0).values
+    return [pair for pair, length in zip(pairs, lengths.tolist(), strict=True) if length <= max_length]
+
+
+@torch.no_grad()
+def heldout_metrics(disc, processor, pairs: list[dict], batch_size: int) -> dict:
+    """Pairwise accuracy and BT loss on held-out lines, dropout off."""
+    was_training = disc.training
+    disc.eval()
+    teacher, student = [], []
+    for start in range(0, len(pairs), batch_size):
+        scores = disc(render_pairs(processor, pairs[start : start + batch_size]))
+        t, s = scores.chunk(2)
+        teacher.append(t)
+        student.append(s)
+    disc.train(was_training)
+    teacher, student = torch.cat(teacher), torch.cat(student)
+    return {"acc": (teacher > student).float().mean().item(), "loss": bradley_terry(teacher, student).item()}
+
+
 def warmup_stage(args) -> None:
     cfg = args.config["warmup"]
     setup(args.threads, cfg["seed"])
-    pairs = read_warmup_pairs(args.data / "warmup_pairwise.jsonl")
+    lines = read_warmup_pairs(args.data / "warmup_pairwise.jsonl")
     processor = load_processor(args.model)
     processor.image_processor.max_pixels = cfg["max_pixels"]
+    fitting = [
+        p
+        for i in range(0, len(lines), 64)
+        for p in within_length(processor, lines[i : i + 64], cfg["max_length"])
+    ]
+    heldout, pairs = fitting[: cfg["heldout_pairs"]], fitting[cfg["heldout_pairs"] :]
+    if not pairs:
+        raise ValueError(
+            f"no warmup pairs left to train on: {len(lines)} lines, {len(lines) - len(fitting)} "
+            f"over max_length={cfg['max_length']}, {len(heldout)} held out"
+        )
+    print(
+        f"{len(pairs)} training pairs, {len(heldout)} held out, {len(lines) - len(fitting)} over max_length "
+        f"{cfg['max_length']} left out",
+        flush=True,
+    )
     disc = Discriminator(load_model(args.model), args.config["value_head_dropout"])
+    before = heldout_metrics(disc, processor, heldout, cfg["batch_size"]) if heldout else {}
     aux_coef = disc.backbone.config.text_config.router_aux_loss_coef
     total = max(1, math.ceil(len(pairs) / cfg["batch_size"]) * cfg["epochs"] // cfg["grad_accum"])
     optimizer, schedule = optimizer_and_schedule(disc.parameters(), cfg, total)
@@ -60,22 +107,7 @@ def warmup_stage(args) -> None:
     for step in run.steps():
         for micro in range(cfg["grad_accum"]):
             batch = epoch_batch(pairs, cfg["seed"], step * cfg["grad_accum"] + micro, cfg["batch_size"])
-            # Each line gives a caption pair and a reasoning pair; teachers and students share one forward.
-            segments = [
-                p[f"{side}_{part}"]
-                for side in ("teacher", "student")
-                for part in ("caption", "cot")
-                for p in batch
-            ]
-            inputs = render(
-                processor, [p["prompt"] for p in batch] * 4, [p["image"] for p in batch] * 4, segments
-            )
-            if inputs["input_ids"].shape[1] > cfg["max_length"]:
-                raise ValueError(
-                    f"a warmup pair renders to {inputs['input_ids'].shape[1]} tokens, over "
-                    f"max_length={cfg['max_length']}; raise it rather than truncate the segment"
-                )
-            scores, balance = disc(inputs, router_aux=True)
+            scores, balance = disc(render_pairs(processor, batch), router_aux=True)
             teacher, student = scores.chunk(2)
             pair_loss = bradley_terry(teacher, student)
             ((pair_loss + aux_coef * balance) / cfg["grad_accum"]).backward()
@@ -90,14 +122,17 @@ def warmup_stage(args) -> None:
             acc=(teacher > student).float().mean().item(),
             gap=(teacher - student).mean().item(),
         )
+    after = heldout_metrics(disc, processor, heldout, cfg["batch_size"]) if heldout else {}
     disc.save(args.out)
     save_processor(processor, args.model, args.out)
     losses = run.metric("loss")
     run.finish(
         {
             "pairs": len(pairs),
+            "over_max_length": len(lines) - len(fitting),
             "first_loss": losses[0],
             "final_loss": losses[-1],
-            "final_acc": run.metric("acc")[-1],
+            **{f"heldout_{k}_before": v for k, v in before.items()},
+            **{f"heldout_{k}_after": v for k, v in after.items()},
         }
     )
