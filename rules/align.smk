@@ -4,7 +4,7 @@ rule align:
         model=lambda wc: sft_checkpoint(wc.policy),
         disc=discriminator_checkpoint(),
         data=f"{RESULTS}/data/align/{MANIFEST}",
-        code=code("align", "discriminator"),
+        code=code("align", "discriminator", "data"),
     output:
         manifest=f"{RESULTS}/models/prism/{{policy}}/{MANIFEST}",
     log:

@@ -34,16 +34,11 @@ def work_dir(*parts) -> str:
 
 def code(*packages) -> list[str]:
     """The prism modules a job runs, declared as inputs so that code changes rerun it."""
-    files = {
-        "prism/__init__.py",
-        *map(str, Path(workflow.basedir).glob("prism/core/*.py")),
-    }
+    base = Path(workflow.basedir)
+    files = [base / "prism" / "__init__.py", *base.glob("prism/core/*.py")]
     for package in packages:
-        files.update(map(str, Path(workflow.basedir).glob(f"prism/{package}/*.py")))
-    return sorted(
-        str(Path(f).relative_to(workflow.basedir)) if Path(f).is_absolute() else f
-        for f in files
-    )
+        files += base.glob(f"prism/{package}/*.py")
+    return sorted({str(f.relative_to(base)) for f in files})
 
 
 def env(engine: str) -> str:

@@ -2,7 +2,7 @@ rule upcycle:
     """Sparse-upcycle the dense discriminator base into a top-k MoE."""
     input:
         model=base_model(CFG.discriminator.model),
-        code=code("discriminator"),
+        code=code("discriminator", "data"),
     output:
         manifest=f"{RESULTS}/models/discriminator/upcycled/{MANIFEST}",
     log:
@@ -27,7 +27,7 @@ rule warmup_discriminator:
     input:
         model=f"{RESULTS}/models/discriminator/upcycled/{MANIFEST}",
         data=f"{RESULTS}/data/warmup/{MANIFEST}",
-        code=code("discriminator"),
+        code=code("discriminator", "data"),
     output:
         manifest=f"{RESULTS}/models/discriminator/warm/{MANIFEST}",
     log:

@@ -3,7 +3,7 @@ rule evaluate:
     input:
         model=variant_checkpoint,
         data=benchmark_data,
-        code=code("eval"),
+        code=code("eval", "data"),
     output:
         scores=expand(
             f"{RESULTS}/eval/{{{{policy}}}}/{{{{variant}}}}/{{benchmark}}.json",

@@ -3,7 +3,7 @@ rule rl:
     input:
         model=lambda wc: init_checkpoint(wc.policy, wc.init),
         data=f"{RESULTS}/data/rl/{MANIFEST}",
-        code=code("rl"),
+        code=code("rl", "data"),
     output:
         manifest=f"{RESULTS}/models/rl/{{policy}}/{{init}}-{{algo}}/{MANIFEST}",
     log:

@@ -3,7 +3,7 @@ rule sft:
     input:
         model=lambda wc: base_model(CFG.policy(wc.policy).model),
         data=f"{RESULTS}/data/sft/{MANIFEST}",
-        code=code("sft"),
+        code=code("sft", "data"),
     output:
         manifest=f"{RESULTS}/models/sft/{{policy}}/{MANIFEST}",
     log:
