@@ -73,8 +73,8 @@ class Checkpoint:
         print(f"resumed from step {state['step']} ({self.path})", flush=True)
         return state["step"]
 
-    def save(self, step: int, modules: dict, force: bool = False) -> None:
-        if not force and step % self.every:
+    def save(self, step: int, modules: dict) -> None:
+        if step % self.every:
             return
         state = {name: module.state_dict() for name, module in modules.items()}
         state.update(step=step, python_rng=random.getstate(), torch_rng=torch.get_rng_state())
