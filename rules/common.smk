@@ -45,11 +45,21 @@ def env(engine: str) -> str:
     """The pinned environment of a stage's engine (cpu engines share the workflow's own)."""
     return {
         "cpu": "../envs/workflow.yaml",
-        "accelerate": "../envs/workflow.yaml",
+        "accelerate": "../envs/discriminator.yaml",
         "llamafactory": "../envs/llamafactory.yaml",
         "verl": "../envs/verl.yaml",
         "lmms_eval": "../envs/lmms-eval.yaml",
     }[engine]
+
+
+def warmup_launcher() -> str:
+    """`python` for one CPU process; `accelerate launch` with DeepSpeed ZeRO-2 over the job's GPUs."""
+    from prism.discriminator.accelerated import launch_command
+
+    warmup = CFG.discriminator.warmup
+    if warmup.engine == "cpu":
+        return "python"
+    return launch_command(warmup.resources.gpus, warmup.grad_accum)
 
 
 def gpu_resources(resources) -> dict:

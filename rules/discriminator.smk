@@ -45,7 +45,9 @@ rule warmup_discriminator:
             }
         ),
         work=work_dir("discriminator", "warmup"),
+        launcher=warmup_launcher(),
     shell:
-        "python -m prism.discriminator warmup --config {params.config} --model $(dirname {input.model})"
+        "{params.launcher} -m prism.discriminator warmup --config {params.config}"
+        " --model $(dirname {input.model})"
         " --data $(dirname {input.data}) --out $(dirname {output.manifest})"
         " --work {params.work} --threads {threads} > {log} 2>&1"

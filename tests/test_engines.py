@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -217,3 +218,81 @@ def test_a_downloaded_discriminator_is_checked_for_its_head(tiny_dir, tmp_path):
         check_discriminator(tiny_dir)
     Discriminator(load_model(str(tiny_dir)), dropout=0.1).save(tmp_path)
     assert check_discriminator(tmp_path) == [1, 64]
+
+
+def test_warmup_shares_batches_across_processes_and_learns(tiny_dir, tmp_path):
+    """The code `accelerate launch` runs on 8 GPUs, here as 2 CPU processes (torchrun, gloo)."""
+    from prism.discriminator.upcycle import save_upstream_layout, upcycle
+
+    save_upstream_layout(upcycle(load_model(str(tiny_dir)), 4, 2, 0.01, 0.02, 0.01, 0), tmp_path / "moe")
+    load_processor(str(tiny_dir)).save_pretrained(tmp_path / "moe")
+    for extra in ("tiny_processing.py", "processor_config.json", "manifest.json"):
+        (tmp_path / "moe" / extra).write_bytes((tiny_dir / extra).read_bytes())
+    make_data(
+        [
+            "dataset",
+            "--name",
+            "warmup",
+            "--config",
+            '{"source": "synthetic", "synthetic": {"examples": 96, "seed": 0}}',
+            "--out",
+            str(tmp_path / "data"),
+        ]
+    )
+    config = {
+        "value_head_dropout": 0.1,
+        "warmup": {
+            "engine": "cpu",
+            "lr": 1e-3,
+            "weight_decay": 0.01,
+            "scheduler": "cosine",
+            "warmup_ratio": 0.1,
+            "epochs": 2,
+            "batch_size": 4,
+            "grad_accum": 2,
+            "max_length": 256,
+            "heldout_pairs": 32,
+            "max_pixels": 16384,
+            "grad_clip": 1.0,
+            "seed": 0,
+        },
+    }
+    torchrun = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", "2", "-m"]
+    subprocess.run(
+        [
+            *torchrun,
+            "prism.discriminator",
+            "warmup",
+            "--config",
+            json.dumps(config),
+            "--model",
+            str(tmp_path / "moe"),
+            "--data",
+            str(tmp_path / "data"),
+            "--out",
+            str(tmp_path / "disc"),
+            "--work",
+            str(tmp_path / "work"),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    metrics = json.loads((tmp_path / "disc" / "manifest.json").read_text())["metrics"]
+    assert metrics["processes"] == 2
+    assert metrics["steps"] == 8  # 64 pairs / (4 per process x 2 processes) x 2 epochs / 2 accumulated
+    assert metrics["heldout_loss_after"] < metrics["heldout_loss_before"]
+    assert Discriminator.load(tmp_path / "disc") is not None
+
+
+def test_image_pixel_cap_really_shrinks_images(tiny_dir):
+    from PIL import Image
+
+    from prism.core.modeling import cap_image_pixels
+
+    processor = load_processor(str(tiny_dir))
+    image = Image.new("RGB", (512, 512), "red")
+    assert processor.image_processor(images=[image])["image_grid_thw"].tolist() == [[1, 8, 8]]
+    cap_image_pixels(processor, 64 * 64)
+    assert processor.image_processor(images=[image])["image_grid_thw"].tolist() == [[1, 4, 4]]

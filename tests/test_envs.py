@@ -12,7 +12,7 @@ ENVS = sorted((ROOT / "envs").glob("*.yaml"))
 
 def test_every_engine_has_an_environment():
     names = {p.stem for p in ENVS}
-    assert {"workflow", "llamafactory", "verl", "lmms-eval"} <= names
+    assert {"workflow", "discriminator", "llamafactory", "verl", "lmms-eval"} <= names
     common = (ROOT / "rules" / "common.smk").read_text()
     for name in names:
         assert f"../envs/{name}.yaml" in common

@@ -175,3 +175,25 @@ def test_dry_run_is_fast_and_needs_no_gpu(configfile):
     start = time.time()
     plan_jobs(ROOT, configfile, ["results/tables/main.csv"], forceall=True)
     assert time.time() - start < 10
+
+
+def test_warmup_runs_one_process_in_tiny_mode_and_accelerate_with_zero2_on_the_cluster():
+    import json
+
+    def launcher(configfiles):
+        return with_dag_jobs(
+            ROOT,
+            configfiles,
+            ["results/tables/main.csv"],
+            True,
+            lambda jobs: next(j.params.launcher for j in jobs if j.rule.name == "warmup_discriminator"),
+        )
+
+    assert launcher([ROOT / "config/tiny.yaml"]) == "python"
+    paper = launcher([])
+    assert paper == (
+        "accelerate launch --num_processes 8 --num_machines 1 --mixed_precision bf16 --use_deepspeed "
+        "--deepspeed_config_file prism/discriminator/ds_zero2.json --gradient_accumulation_steps 4"
+    )
+    zero = json.loads((ROOT / "prism/discriminator/ds_zero2.json").read_text())
+    assert zero["zero_optimization"]["stage"] == 2 and zero["gradient_clipping"] == 1.0

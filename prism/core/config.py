@@ -173,6 +173,12 @@ class Warmup(EpochTraining):
     max_pixels: PositiveInt
     grad_clip: PositiveFloat
 
+    @model_validator(mode="after")
+    def _one_node(self):
+        if self.engine == "accelerate" and self.resources.nodes != 1:
+            raise ValueError("the accelerate engine runs on the GPUs of one node: set resources.nodes to 1")
+        return self
+
 
 class Discriminator(Strict):
     source: Source = "build"

@@ -31,6 +31,12 @@ def load_model(path: str):
     return AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32)
 
 
+def cap_image_pixels(processor, max_pixels: int) -> None:
+    """Resize images to at most `max_pixels` (transformers 5 reads `size.longest_edge`; a `max_pixels`
+    attribute set on the processor is silently ignored)."""
+    processor.image_processor.size.longest_edge = max_pixels
+
+
 def chat_text(processor, messages: list[dict], response: str | None = None) -> str:
     """Render a prompt (ending in the assistant header), or a whole conversation when `response` is given."""
     chat = to_chat(messages)

@@ -160,11 +160,12 @@ def run_stage(
     runner: Callable,
     engine: Callable[[dict], str] | None = None,
     argv: list[str] | None = None,
+    runs: tuple[str, ...] = ("cpu",),
 ) -> None:
     """Entry point of a stage: parse, refuse an engine this version lacks, run in a keyed work directory."""
     args = stage_parser(f"python -m prism.{stage}", description, inputs).parse_args(argv)
     chosen = engine(args.config) if engine else "cpu"
-    if chosen != "cpu":
+    if chosen not in runs:
         sys.exit(
             f"{stage}: engine {chosen!r} is not available in this version of prism-pipeline (tracked in "
             f"issue #{issue}). Set the engine to cpu for tiny runs, or the stage's source to released to use "
@@ -178,19 +179,23 @@ def run_stage(
 class TrainingRun:
     """One resumable training job: state in the work directory, a metrics CSV, the manifest at the end."""
 
-    def __init__(self, args, stage: str, total_steps: int, state: dict):
-        self.args, self.stage, self.total, self.state = args, stage, total_steps, state
+    def __init__(self, args, stage: str, total_steps: int, state: dict, checkpoint=None, main: bool = True):
+        """`checkpoint` defaults to torch.save of `state`; `main` is False on all but one of several ranks."""
+        self.args, self.stage, self.total, self.state, self.main = args, stage, total_steps, state, main
         self.started = time.time()
-        self.checkpoint = Checkpoint(args.work, every=max(1, total_steps // 4))
+        args.work.mkdir(parents=True, exist_ok=True)
+        self.checkpoint = checkpoint or Checkpoint(args.work, every=max(1, total_steps // 4))
         self.start = self.checkpoint.load(state)
         self.log = MetricLog(args.work / "metrics.csv", total_steps)
-        self.log.reset_after(self.start)
+        if main:
+            self.log.reset_after(self.start)
 
     def steps(self) -> range:
         return range(self.start, self.total)
 
     def record(self, step: int, **metrics) -> None:
-        self.log.log(step, **metrics)
+        if self.main:
+            self.log.log(step, **metrics)
         self.checkpoint.save(step, self.state)
 
     def metric(self, name: str) -> list[float]:

@@ -17,6 +17,7 @@ if __name__ == "__main__":
             issue=3,
             runner=warmup_stage,
             engine=lambda cfg: cfg["warmup"]["engine"],
+            runs=("cpu", "accelerate"),
             argv=sys.argv[2:],
         )
     else:

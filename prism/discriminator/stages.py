@@ -9,10 +9,11 @@ import torch
 
 from prism.core.losses import bradley_terry
 from prism.core.manifest import MANIFEST, write_manifest
-from prism.core.modeling import load_model, load_processor, save_processor
+from prism.core.modeling import cap_image_pixels, load_model, load_processor, save_processor
 from prism.core.training import TrainingRun, epoch_batch, optimizer_and_schedule, setup
 from prism.data import synthetic
 from prism.data.formats import read_warmup_pairs
+from prism.discriminator.accelerated import AcceleratedCheckpoint, accelerator_for
 from prism.discriminator.model import Discriminator, render
 from prism.discriminator.upcycle import save_upstream_layout, upcycle
 
@@ -78,7 +79,7 @@ def warmup_stage(args) -> None:
     setup(args.threads, cfg["seed"])
     lines = read_warmup_pairs(args.data / "warmup_pairwise.jsonl")
     processor = load_processor(args.model)
-    processor.image_processor.max_pixels = cfg["max_pixels"]
+    cap_image_pixels(processor, cfg["max_pixels"])
     fitting = [
         p
         for i in range(0, len(lines), 64)
@@ -95,33 +96,47 @@ def warmup_stage(args) -> None:
         f"{cfg['max_length']} left out",
         flush=True,
     )
+    accelerator = accelerator_for(cfg["engine"], cfg["grad_accum"])
+    world, rank = accelerator.num_processes, accelerator.process_index
     disc = Discriminator(load_model(args.model), args.config["value_head_dropout"])
-    before = heldout_metrics(disc, processor, heldout, cfg["batch_size"]) if heldout else {}
+    before = heldout_metrics(disc, processor, heldout, cfg["batch_size"]) if heldout and rank == 0 else {}
     aux_coef = disc.backbone.config.text_config.router_aux_loss_coef
-    total = max(1, math.ceil(len(pairs) / cfg["batch_size"]) * cfg["epochs"] // cfg["grad_accum"])
+    global_batch = cfg["batch_size"] * world
+    total = max(1, math.ceil(len(pairs) / global_batch) * cfg["epochs"] // cfg["grad_accum"])
     optimizer, schedule = optimizer_and_schedule(disc.parameters(), cfg, total)
-    run = TrainingRun(
-        args, "warmup_discriminator", total, {"model": disc, "optimizer": optimizer, "schedule": schedule}
-    )
+    disc, optimizer = accelerator.prepare(disc, optimizer)
+    accelerator.register_for_checkpointing(schedule)
+    checkpoint = AcceleratedCheckpoint(accelerator, args.work, every=max(1, total // 4))
+    run = TrainingRun(args, "warmup_discriminator", total, {}, checkpoint, main=accelerator.is_main_process)
     disc.train()
     for step in run.steps():
         for micro in range(cfg["grad_accum"]):
-            batch = epoch_batch(pairs, cfg["seed"], step * cfg["grad_accum"] + micro, cfg["batch_size"])
-            scores, balance = disc(render_pairs(processor, batch), router_aux=True)
-            teacher, student = scores.chunk(2)
-            pair_loss = bradley_terry(teacher, student)
-            ((pair_loss + aux_coef * balance) / cfg["grad_accum"]).backward()
-        torch.nn.utils.clip_grad_norm_(disc.parameters(), cfg["grad_clip"])
-        optimizer.step()
+            shared = epoch_batch(pairs, cfg["seed"], step * cfg["grad_accum"] + micro, global_batch)
+            batch = shared[rank::world] or shared[:1]  # each rank its share of the global batch
+            with accelerator.accumulate(disc):
+                scores, balance = disc(render_pairs(processor, batch), router_aux=True)
+                teacher, student = scores.chunk(2)
+                pair_loss = bradley_terry(teacher, student)
+                accelerator.backward(pair_loss + aux_coef * balance)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(disc.parameters(), cfg["grad_clip"])
+                    optimizer.step()
+                    optimizer.zero_grad()
         schedule.step()
-        optimizer.zero_grad()
-        run.record(
-            step + 1,
-            loss=pair_loss.item(),
-            balance=balance.item(),
-            acc=(teacher > student).float().mean().item(),
-            gap=(teacher - student).mean().item(),
+        logged = torch.stack(
+            [
+                pair_loss.detach(),
+                balance.detach(),
+                (teacher > student).float().mean(),
+                (teacher - student).mean().detach(),
+            ]
         )
+        loss, balance_loss, acc, gap = accelerator.reduce(logged, "mean").tolist()
+        run.record(step + 1, loss=loss, balance=balance_loss, acc=acc, gap=gap)
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        return
+    disc = accelerator.unwrap_model(disc)
     after = heldout_metrics(disc, processor, heldout, cfg["batch_size"]) if heldout else {}
     disc.save(args.out)
     save_processor(processor, args.model, args.out)
@@ -129,6 +144,7 @@ def warmup_stage(args) -> None:
     run.finish(
         {
             "pairs": len(pairs),
+            "processes": world,
             "over_max_length": len(lines) - len(fitting),
             "first_loss": losses[0],
             "final_loss": losses[-1],
