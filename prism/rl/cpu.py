@@ -35,17 +35,14 @@ def sample_groups(policy, processor, rows, cfg, algo, rng):
             for t, r in zip(rollouts.texts, group_rows, strict=True)
         ]
         generated_batches += 1
+        last_try = generated_batches >= dynamic["max_num_gen_batches"]
         for g in range(len(picked)):
             members = list(range(g * n, (g + 1) * n))
-            accs = {scores[i]["acc"] for i in members}
-            last_try = generated_batches >= dynamic["max_num_gen_batches"]
-            if not dynamic["enable"] or len(accs) > 1 or (last_try and len(kept) < wanted):
+            if not dynamic["enable"] or last_try or len({scores[i]["acc"] for i in members}) > 1:
                 kept.append((rollouts, members, scores))
             if len(kept) == wanted:
                 break
-        if not dynamic["enable"]:
-            break
-    return kept[:wanted], generated_batches
+    return kept, generated_batches
 
 
 def run(args) -> None:
