@@ -4,7 +4,7 @@ rule align:
         model=lambda wc: sft_checkpoint(wc.policy),
         disc=discriminator_checkpoint(),
         data=f"{RESULTS}/data/align/{MANIFEST}",
-        code=code("align", "discriminator", "data"),
+        code=code("align", "discriminator", "data", "verl", "cluster"),
     output:
         manifest=f"{RESULTS}/models/prism/{{policy}}/{MANIFEST}",
     log:
@@ -15,9 +15,12 @@ rule align:
     resources:
         **gpu_resources(CFG.align.resources),
     params:
-        config=config_slice(CFG.align),
+        config=as_arg(CFG.align.stage_slice()),
+        launcher=ray_launcher(CFG.align),
+        allocation=allocation(CFG.align.resources),
         work=lambda wc: work_dir("align", wc.policy),
     shell:
-        "python -m prism.align --config {params.config} --model $(dirname {input.model})"
+        "{params.launcher} python -m prism.align --config {params.config} --model $(dirname {input.model})"
         " --disc $(dirname {input.disc}) --data $(dirname {input.data})"
-        " --out $(dirname {output.manifest}) --work {params.work} --threads {threads} > {log} 2>&1"
+        " --out $(dirname {output.manifest}) --work {params.work} --threads {threads}"
+        " {params.allocation} > {log} 2>&1"

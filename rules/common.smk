@@ -63,6 +63,24 @@ def warmup_launcher() -> str:
     return launch_command(warmup.resources.gpus, warmup.grad_accum)
 
 
+def ray_launcher(stage) -> str:
+    """A verl stage runs on a Ray cluster over its job's nodes; the CPU engine is a plain process."""
+    if stage.engine == "cpu":
+        return ""
+    per_node = stage.resources.gpus // stage.resources.nodes
+    return (
+        f"python -m prism.cluster.ray_cluster --cpus-per-node {stage.resources.cpus_per_task}"
+        f" --gpus-per-node {per_node} --"
+    )
+
+
+def allocation(resources) -> str:
+    """The job's shape as stage arguments (verl's trainer.nnodes and n_gpus_per_node)."""
+    return (
+        f"--nodes {resources.nodes} --gpus-per-node {resources.gpus // resources.nodes}"
+    )
+
+
 def gpu_resources(resources) -> dict:
     """Slurm executor resources of a GPU stage: --gpus for one node; per-node gres + srun for several."""
     slurm = {
@@ -154,11 +172,7 @@ def variant_checkpoint(wildcards) -> str:
 
 
 def rl_slice(algo: str) -> str:
-    """The shared RL settings plus this algorithm's own: editing one algorithm reruns only its runs."""
-    common = CFG.rl.model_dump(
-        exclude={"resources", "source", "released", "inits", "algorithms", "algorithm"}
-    )
-    return as_arg({**common, "algorithm": CFG.rl.algorithm[algo].model_dump()})
+    return as_arg(CFG.rl.job_slice(algo))
 
 
 def benchmark_data(wildcards) -> list[str]:

@@ -3,7 +3,7 @@ rule rl:
     input:
         model=lambda wc: init_checkpoint(wc.policy, wc.init),
         data=f"{RESULTS}/data/rl/{MANIFEST}",
-        code=code("rl", "data"),
+        code=code("rl", "data", "verl", "cluster"),
     output:
         manifest=f"{RESULTS}/models/rl/{{policy}}/{{init}}-{{algo}}/{MANIFEST}",
     log:
@@ -15,8 +15,10 @@ rule rl:
         **gpu_resources(CFG.rl.resources),
     params:
         config=lambda wc: rl_slice(wc.algo),
+        launcher=ray_launcher(CFG.rl),
+        allocation=allocation(CFG.rl.resources),
         work=lambda wc: work_dir("rl", wc.policy, f"{wc.init}-{wc.algo}"),
     shell:
-        "python -m prism.rl --config {params.config} --model $(dirname {input.model})"
+        "{params.launcher} python -m prism.rl --config {params.config} --model $(dirname {input.model})"
         " --data $(dirname {input.data}) --out $(dirname {output.manifest})"
-        " --work {params.work} --threads {threads} > {log} 2>&1"
+        " --work {params.work} --threads {threads} {params.allocation} > {log} 2>&1"

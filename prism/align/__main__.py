@@ -5,5 +5,10 @@ from prism.core.training import run_stage
 
 if __name__ == "__main__":
     run_stage(
-        "align", __doc__, ("model", "disc", "data"), issue=4, runner=run, engine=lambda cfg: cfg["engine"]
+        "align",
+        __doc__,
+        ("model", "disc", "data"),
+        issue=4,
+        runners={"cpu": run},
+        engine=lambda cfg: cfg["engine"],
     )

@@ -189,6 +189,21 @@ class Discriminator(Strict):
     warmup: Warmup
 
 
+class VerlSettings(Strict):
+    """How the verl engine spends the GPUs (memory, batching, checkpoints): no effect on the math."""
+
+    strategy: Literal["fsdp", "fsdp2"]
+    rollout_tensor_parallel: PositiveInt
+    rollout_gpu_memory_utilization: Annotated[float, Field(gt=0, lt=1)]
+    max_num_batched_tokens: PositiveInt
+    ppo_max_token_len_per_gpu: PositiveInt
+    log_prob_max_token_len_per_gpu: PositiveInt
+    gradient_checkpointing: bool
+    offload: bool
+    save_freq: PositiveInt
+    keep_checkpoints: PositiveInt
+
+
 class OnPolicyTraining(Strict):
     """Rollout-based training with verl or the CPU loop: what alignment and RLVR share."""
 
@@ -204,7 +219,14 @@ class OnPolicyTraining(Strict):
     kl_coef: Annotated[float, Field(ge=0)]
     freeze_vision_tower: bool = False
     seed: int = 42
+    verl: VerlSettings
     resources: Resources
+
+    def stage_slice(self, exclude: frozenset = frozenset()) -> dict:
+        """What a job of this stage trains with: not where it runs or comes from, nor the settings of
+        an engine it does not use."""
+        unused_engine = {"verl"} if self.engine == "cpu" else set()
+        return self.model_dump(exclude={"resources", "source", "released", *exclude, *unused_engine})
 
 
 class Align(OnPolicyTraining):
@@ -241,6 +263,9 @@ class AlgorithmSettings(Strict):
     lr_warmup_steps: Annotated[int, Field(ge=0)]
     dynamic_sampling: DynamicSampling
     overlong_buffer: OverlongBuffer
+    # verl's per-GPU token budgets where an algorithm's script raises them (None: the stage's verl.*)
+    ppo_max_token_len_per_gpu: PositiveInt | None = None
+    log_prob_max_token_len_per_gpu: PositiveInt | None = None
 
 
 class Rl(OnPolicyTraining):
@@ -251,6 +276,11 @@ class Rl(OnPolicyTraining):
     accuracy_weight: Fraction
     format_weight: Fraction
     algorithm: dict[Algorithm, AlgorithmSettings]
+
+    def job_slice(self, algo: str) -> dict:
+        """The shared RL settings plus this algorithm's own: editing one algorithm reruns only its runs."""
+        common = self.stage_slice(frozenset({"inits", "algorithms", "algorithm"}))
+        return {**common, "algorithm": self.algorithm[algo].model_dump()}
 
     @model_validator(mode="after")
     def _settings_for_each_algorithm(self):

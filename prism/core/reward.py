@@ -61,7 +61,7 @@ def _mcq_letter(prediction: str) -> str | None:
     if bare:
         return bare.group(1)
     patterns = (  # (priority, pattern): an explicit phrase beats "(X)" beats "X." / "X)"
-        (10, r"(?:answer|option|choice)\s*(?:is|:)?\s*\(?([A-H])\b"),
+        (10, r"(?i:answer|option|choice)\s*(?:is|:)?\s*\(?([A-H])\b"),
         (8, r"\(([A-H])\)"),
         (6, r"\b([A-H])[.)]"),
     )

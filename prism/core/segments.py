@@ -7,8 +7,10 @@ from dataclasses import dataclass
 
 # The whole response must be exactly these three blocks, in order, with only whitespace around them.
 _STRICT = re.compile(
-    r"^\s*(<caption>.*?</caption>)\s*(<think>.*?</think>\s*<answer>(.*?)</answer>)\s*$", re.DOTALL
+    r"^\s*(<caption>.*?</caption>)\s*(<think>.*?</think>\s*<answer>.*?</answer>)\s*$", re.DOTALL
 )
+# As in the reference: the answer is the first <answer> block, even where the gate let a second one through.
+_FIRST_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -26,7 +28,8 @@ def parse_response(text: str) -> Segments:
     match = _STRICT.match(text)
     if match is None:
         return Segments(valid=False)
-    caption, reasoning, answer = match.groups()
+    caption, reasoning = match.groups()
+    answer = _FIRST_ANSWER.search(text).group(1)
     return Segments(valid=True, caption=caption, reasoning=reasoning, answer=answer.strip())
 
 

@@ -139,6 +139,8 @@ def stage_parser(prog: str, description: str, inputs: tuple[str, ...]):
     parser.add_argument("--out", required=True, type=Path, help="artifact directory; manifest.json last")
     parser.add_argument("--work", required=True, type=Path, help="resumable state, kept across failures")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--nodes", type=int, default=1, help="nodes of the job's allocation")
+    parser.add_argument("--gpus-per-node", type=int, default=0, help="GPUs on each of those nodes")
     return parser
 
 
@@ -157,15 +159,14 @@ def run_stage(
     description: str,
     inputs: tuple[str, ...],
     issue: int,
-    runner: Callable,
+    runners: dict[str, Callable],
     engine: Callable[[dict], str] | None = None,
     argv: list[str] | None = None,
-    runs: tuple[str, ...] = ("cpu",),
 ) -> None:
     """Entry point of a stage: parse, refuse an engine this version lacks, run in a keyed work directory."""
     args = stage_parser(f"python -m prism.{stage}", description, inputs).parse_args(argv)
     chosen = engine(args.config) if engine else "cpu"
-    if chosen not in runs:
+    if chosen not in runners:
         sys.exit(
             f"{stage}: engine {chosen!r} is not available in this version of prism-pipeline (tracked in "
             f"issue #{issue}). Set the engine to cpu for tiny runs, or the stage's source to released to use "
@@ -173,7 +174,7 @@ def run_stage(
         )
     args.inputs = [getattr(args, name) for name in inputs]
     args.work = args.work / fingerprint(args.config, args.inputs)
-    runner(args)
+    runners[chosen](args)
 
 
 class TrainingRun:

@@ -8,16 +8,17 @@ from prism.discriminator.stages import upcycle_stage, warmup_stage
 if __name__ == "__main__":
     step = sys.argv[1] if len(sys.argv) > 1 else ""
     if step == "upcycle":
-        run_stage("discriminator", __doc__, ("model",), issue=3, runner=upcycle_stage, argv=sys.argv[2:])
+        run_stage(
+            "discriminator", __doc__, ("model",), issue=3, runners={"cpu": upcycle_stage}, argv=sys.argv[2:]
+        )
     elif step == "warmup":
         run_stage(
             "discriminator",
             __doc__,
             ("model", "data"),
             issue=3,
-            runner=warmup_stage,
+            runners={"cpu": warmup_stage, "accelerate": warmup_stage},
             engine=lambda cfg: cfg["warmup"]["engine"],
-            runs=("cpu", "accelerate"),
             argv=sys.argv[2:],
         )
     else:

@@ -5,4 +5,6 @@ from prism.core.training import run_stage
 from prism.eval.cpu import run
 
 if __name__ == "__main__":
-    run_stage("eval", __doc__, ("model", "data"), issue=7, runner=run, engine=lambda cfg: cfg["engine"])
+    run_stage(
+        "eval", __doc__, ("model", "data"), issue=7, runners={"cpu": run}, engine=lambda cfg: cfg["engine"]
+    )

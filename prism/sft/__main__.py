@@ -4,4 +4,6 @@ from prism.core.training import run_stage
 from prism.sft.cpu import run
 
 if __name__ == "__main__":
-    run_stage("sft", __doc__, ("model", "data"), issue=6, runner=run, engine=lambda cfg: cfg["engine"])
+    run_stage(
+        "sft", __doc__, ("model", "data"), issue=6, runners={"cpu": run}, engine=lambda cfg: cfg["engine"]
+    )
