@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import shutil
 import subprocess
@@ -31,6 +32,34 @@ def tiny_config() -> dict:
     merged = copy.deepcopy(load_yaml("config.yaml"))
     update_config(merged, load_yaml("tiny.yaml"))
     return merged
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    """A tiny random Qwen3-VL with its tokenizer and processor, as tiny mode's fetch_model builds it."""
+    from prism.core.config import TinyModel
+    from prism.data.__main__ import main as make_data
+
+    path = tmp_path_factory.mktemp("tiny")
+    spec = {"source": "tiny", "tiny": TinyModel(hidden_size=64, intermediate_size=96, seed=3).model_dump()}
+    make_data(["model", "--name", "tiny", "--config", json.dumps(spec), "--out", str(path)])
+    return path
+
+
+@pytest.fixture(scope="session")
+def disc_dir(tiny_dir, tmp_path_factory) -> Path:
+    """A warmed-up dense discriminator as our warmup stage saves it: head in value_head.safetensors,
+    processor beside it."""
+    import torch
+
+    from prism.core.modeling import load_model, load_processor, save_processor
+    from prism.discriminator.model import Discriminator
+
+    path = tmp_path_factory.mktemp("disc")
+    torch.manual_seed(0)
+    Discriminator(load_model(str(tiny_dir)), dropout=0.1).save(path)
+    save_processor(load_processor(str(tiny_dir)), tiny_dir, path)
+    return path
 
 
 def copy_workflow(target: Path) -> Path:

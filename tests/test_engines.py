@@ -8,21 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from prism.core.config import TinyModel
 from prism.core.modeling import encode, generate, load_model, load_processor
 from prism.core.prompts import prompt_messages
 from prism.data import synthetic
 from prism.data.__main__ import main as make_data
 from prism.discriminator.model import Discriminator, DiscriminatorError, render
 from prism.discriminator.upcycle import save_upstream_layout, upcycle
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny")
-    spec = {"source": "tiny", "tiny": TinyModel(hidden_size=64, intermediate_size=96, seed=3).model_dump()}
-    make_data(["model", "--name", "tiny", "--config", json.dumps(spec), "--out", str(path)])
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
-"""Stage 3's verl 0.9.1 command, rendered from config: every setting of method-reference §4.1-4.2 reaches
-verl's composed config, no key verl ignores is used, and one algorithm's edit changes only its command."""
+"""verl 0.9.1 commands rendered from config: every setting of method-reference §3.7 (alignment) and
+§4.1-4.2 (RLVR) reaches the config verl composes, verl's own checks accept it, no key verl ignores is
+used, and one algorithm's edit changes only its command."""
 
 import copy
 from pathlib import Path
@@ -7,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from prism.core.config import load_config
-from prism.verl.command import IGNORED_BY_VERL, TrainerJob, as_overrides, rl_settings
+from prism.verl import align
+from prism.verl.command import IGNORED_BY_VERL, TrainerJob, align_settings, as_overrides, rl_settings
 from prism.verl.run import compose
 
 JOB = TrainerJob(
@@ -29,6 +31,24 @@ PUBLISHED = {
 
 def rl_overrides(raw: dict, algo: str) -> list[str]:
     return as_overrides(rl_settings(load_config(raw).rl.job_slice(algo), JOB))
+
+
+def align_overrides(raw: dict, job: TrainerJob, discriminator: Path) -> list[str]:
+    return as_overrides(align_settings(load_config(raw).align.stage_slice(), job, discriminator))
+
+
+def used_keys(overrides: list[str]) -> list[str]:
+    return [override.split("=", 1)[0].lstrip("+") for override in overrides]
+
+
+def validate(config) -> None:
+    """verl's own checks, run by its entry point before anything starts (batch divisibility and the like)."""
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import validate_config
+
+    validate_config(
+        config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config)
+    )
 
 
 @pytest.mark.parametrize("algo", PUBLISHED)
@@ -75,22 +95,14 @@ def test_gspo_raises_the_token_budgets_as_its_script_does(paper_config):
     assert config.actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu == 30720
 
 
-def test_verl_accepts_the_config(paper_config):
-    """verl's own checks, run by main_ppo before anything starts (batch divisibility and the like)."""
-    from verl.trainer.ppo.utils import need_critic, need_reference_policy
-    from verl.utils.config import validate_config
-
+def test_verl_accepts_the_rl_config(paper_config):
     for algo in PUBLISHED:
-        config = compose(rl_overrides(paper_config, algo))
-        validate_config(
-            config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config)
-        )
+        validate(compose(rl_overrides(paper_config, algo)))
 
 
 @pytest.mark.parametrize("algo", PUBLISHED)
 def test_no_key_that_verl_ignores(paper_config, algo):
-    keys = [override.split("=", 1)[0].lstrip("+") for override in rl_overrides(paper_config, algo)]
-    assert not [k for k in keys if k.startswith(IGNORED_BY_VERL)]
+    assert not [k for k in used_keys(rl_overrides(paper_config, algo)) if k.startswith(IGNORED_BY_VERL)]
 
 
 def test_a_positive_kl_coef_turns_on_verls_kl_loss(paper_config):
@@ -105,3 +117,44 @@ def test_editing_one_algorithm_changes_only_its_command(paper_config):
     edited["rl"]["algorithm"]["dapo"]["clip_ratio_high"] = 0.3
     changed = {algo for algo in PUBLISHED if rl_overrides(paper_config, algo) != rl_overrides(edited, algo)}
     assert changed == {"dapo"}
+
+
+# verl's AutoProcessor wants a video processor, which the tiny model's image-only processor lacks.
+@pytest.mark.filterwarnings("ignore:Failed to create processor")
+def test_alignment_runs_as_the_authors_script_on_our_trainer(paper_config, tiny_dir, disc_dir):
+    job = TrainerJob(tiny_dir, Path("/data/align"), Path("/work/align/ckpt"), "align-qwen3-vl-4b", 1, 8)
+    overrides = align_overrides(paper_config, job, disc_dir)
+    config = compose(overrides, align.CONFIG_NAME, align.CONFIG_DIR)
+    actor, rollout, critic = config.actor_rollout_ref.actor, config.actor_rollout_ref.rollout, config.critic
+    assert (config.data.train_batch_size, rollout.n, rollout.temperature) == (4, 16, 1.0)
+    assert (config.data.max_prompt_length, config.data.max_response_length) == (2048, 6144)
+    assert (actor.optim.lr, actor.clip_ratio_low, actor.clip_ratio_high, actor.ppo_mini_batch_size) == (
+        1e-6,
+        0.2,
+        0.2,
+        4,
+    )
+    assert not actor.use_kl_loss and actor.fsdp_config.param_offload and actor.fsdp_config.optimizer_offload
+    assert (rollout.gpu_memory_utilization, rollout.max_num_batched_tokens) == (0.25, 8192)
+    assert (
+        critic.enable
+        and critic.model.path == str(disc_dir)
+        and critic.model.external_lib == "prism.verl.models"
+    )
+    assert (critic.optim.lr, critic.ppo_max_token_len_per_gpu, critic.fsdp.param_offload) == (
+        1e-6,
+        8192,
+        True,
+    )
+    assert config.trainer.critic_warmup == 0 and config.trainer.total_training_steps == 500
+    assert dict(config.prism) == {
+        "alpha": 0.5,
+        "format_penalty": 1.5,
+        "score_clip": 10.0,
+        "score_reg_coef": 0.001,
+        "teacher_caption_field": "teacher_caption",
+        "teacher_reasoning_field": "teacher_cot",
+    }
+    assert not [k for k in used_keys(overrides) if k.startswith(IGNORED_BY_VERL)]
+    align.check_config(config)
+    validate(config)

@@ -185,3 +185,33 @@ def overlong_settings(buffer: dict, max_response_length: int) -> dict:
         "+reward.reward_kwargs.overlong_buffer_cfg.log": False,
         "+reward.reward_kwargs.max_resp_len": max_response_length,
     }
+
+
+def align_settings(cfg: dict, job: TrainerJob, discriminator: Path) -> dict:
+    """Stage 2 on our trainer (`prism.verl.align`, config `prism_align`): the policy as in §3.7, the
+    warmed discriminator in the critic slot, and PRISM's own settings in the `prism` block."""
+    verl = cfg["verl"]
+    settings = policy_settings(cfg, job, cfg["actor_lr"], cfg["weight_decay"])
+    settings |= {
+        "actor_rollout_ref.actor.clip_ratio_low": cfg["clip_ratio"],
+        "actor_rollout_ref.actor.clip_ratio_high": cfg["clip_ratio"],
+        "actor_rollout_ref.actor.loss_agg_mode": "token-mean",
+        "critic.model.path": discriminator,
+        "critic.model.use_remove_padding": True,
+        "critic.model.enable_gradient_checkpointing": verl["gradient_checkpointing"],
+        "critic.strategy": verl["strategy"],
+        "critic.optim.lr": cfg["disc_lr"],
+        "critic.optim.weight_decay": cfg["weight_decay"],
+        "critic.optim.clip_grad": cfg["grad_clip"],
+        "critic.ppo_micro_batch_size_per_gpu": 1,
+        "critic.use_dynamic_bsz": True,
+        "critic.ppo_max_token_len_per_gpu": verl["ppo_max_token_len_per_gpu"],
+        "critic.fsdp.param_offload": verl["offload"],
+        "critic.fsdp.optimizer_offload": verl["offload"],
+        "trainer.critic_warmup": 0,  # the discriminator was warmed before: the actor trains from step 1
+        "prism.alpha": cfg["alpha"],
+        "prism.format_penalty": cfg["format_penalty"],
+        "prism.score_clip": cfg["score_clip"],
+        "prism.score_reg_coef": cfg["score_reg_coef"],
+    }
+    return settings | trainer_settings(cfg, job)

@@ -1,0 +1,77 @@
+"""The discriminator as a native `AutoModelForTokenClassification`, for verl's critic slot.
+
+Imported in every verl worker through `critic.model.external_lib=prism.verl.models`. transformers 5.9 has no
+token-classification class for `qwen3_vl(_moe)`, so without these verl falls back to trl's value-head
+wrapper, which re-initialises the head on every load (integration-reference §3.2). These classes keep
+`model_type` unchanged, so verl's Qwen3-VL patches (packed M-RoPE positions, remove-padding) still apply,
+and they load our saved discriminator *with* its warmed head or refuse to load (method-reference B5).
+
+The head is one bias-free linear on the final hidden state of every token, like `Discriminator.v_head`,
+without dropout: the discriminator update needs its training forward to reproduce the scores it was
+computed from (and verl sets `classifier_dropout=0` anyway). It is called `score`, not `v_head`, because
+verl takes any module with a `v_head` attribute for a trl wrapper and reads the wrong output.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoModelForTokenClassification, Qwen3VLConfig, Qwen3VLMoeConfig
+from transformers.modeling_outputs import TokenClassifierOutput
+from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLModel, Qwen3VLPreTrainedModel
+from transformers.models.qwen3_vl_moe.modeling_qwen3_vl_moe import Qwen3VLMoeModel, Qwen3VLMoePreTrainedModel
+
+from prism.discriminator.model import HEAD_KEY, DiscriminatorError, find_head
+
+
+class _DiscriminatorForTokenClassification:
+    """Backbone (`self.model`) + a one-logit head on every token; logits (B, T, 1)."""
+
+    backbone_class: type
+    # the checkpoint's LM head and its own copy of the value head are not parameters of this class
+    _keys_to_ignore_on_load_unexpected = [r"^lm_head\.", r"^v_head\."]
+    _keys_to_ignore_on_load_missing = [r"^score\."]  # filled from the head file right after loading
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.model = self.backbone_class(config)
+        self.score = nn.Linear(config.text_config.hidden_size, 1, bias=False)
+        self.post_init()
+
+    def forward(self, **inputs) -> TokenClassifierOutput:
+        """Backbone inputs (ids, positions, mask, pixel values, ...) -> per-token logits."""
+        return TokenClassifierOutput(logits=self.score(self.model(**inputs)[0]))
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """The backbone as transformers loads it, then the warmed head; a missing head is an error."""
+        path = Path(pretrained_model_name_or_path)
+        head = find_head(path)  # before the backbone: a plain model fails at once
+        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        expected = tuple(model.score.weight.shape)
+        if tuple(head.shape) != expected:
+            raise DiscriminatorError(
+                f"{path}: value head {HEAD_KEY} has shape {tuple(head.shape)}, but the backbone's hidden "
+                f"size needs {expected}; the head belongs to another model"
+            )
+        with torch.no_grad():
+            model.score.weight.copy_(head)
+        return model
+
+
+class PrismQwen3VLMoeForTokenClassification(_DiscriminatorForTokenClassification, Qwen3VLMoePreTrainedModel):
+    """The upcycled MoE discriminator of the paper."""
+
+    backbone_class = Qwen3VLMoeModel
+
+
+class PrismQwen3VLForTokenClassification(_DiscriminatorForTokenClassification, Qwen3VLPreTrainedModel):
+    """The dense discriminator (the dense-discriminator ablation, and tiny mode)."""
+
+    backbone_class = Qwen3VLModel
+
+
+AutoModelForTokenClassification.register(Qwen3VLMoeConfig, PrismQwen3VLMoeForTokenClassification)
+AutoModelForTokenClassification.register(Qwen3VLConfig, PrismQwen3VLForTokenClassification)
