@@ -1,4 +1,4 @@
-"""`prism` command line: `prism plan [--configfile FILE] [TARGET ...]`."""
+"""`prism` command line: `prism plan|preflight [--configfile FILE] [TARGET ...]`."""
 
 from __future__ import annotations
 
@@ -24,6 +24,16 @@ def plan(args) -> None:
     print(summarize(jobs))
 
 
+def preflight(args) -> None:
+    from prism.cluster.preflight import preflight as check
+
+    problems = check(Path(args.directory), args.configfile, args.targets, args.workflow_profile)
+    if problems:
+        listed = "\n".join(f"  - {problem}" for problem in problems)
+        sys.exit(f"prism preflight: {len(problems)} problem(s) to fix before submitting:\n{listed}")
+    print("prism preflight: cluster settings, disk space and tokens are in order.")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="prism", description="PRISM pipeline tools")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -33,6 +43,12 @@ def main(argv: list[str] | None = None) -> None:
     plan_parser.add_argument("--forceall", action="store_true", help="every job, also those up to date")
     plan_parser.add_argument("--directory", default=str(WORKFLOW_DIR), help="the workflow directory")
     plan_parser.set_defaults(run=plan)
+    check_parser = commands.add_parser("preflight", help="check cluster settings, disk and tokens first")
+    check_parser.add_argument("targets", nargs="*", default=["results/tables/main.csv"])
+    check_parser.add_argument("--configfile", action="append", default=[], help="e.g. config/tiny.yaml")
+    check_parser.add_argument("--workflow-profile", help="the profile you submit with, e.g. profiles/slurm")
+    check_parser.add_argument("--directory", default=str(WORKFLOW_DIR), help="the workflow directory")
+    check_parser.set_defaults(run=preflight)
     args = parser.parse_args(argv)
     args.run(args)
 

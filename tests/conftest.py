@@ -79,12 +79,29 @@ def workflow_copy(tmp_path) -> Path:
     return copy_workflow(tmp_path / "workflow")
 
 
-def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+def snakemake(
+    workdir: Path, *args: str, timeout: int = 900, env: dict | None = None
+) -> subprocess.CompletedProcess:
     # jobs run `python -m prism...`: the interpreter running the tests, and the workflow copy's package
-    env = dict(os.environ, PYTHONPATH=str(workdir))
+    env = dict(os.environ, **(env or {}), PYTHONPATH=str(workdir))
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     command = [str(Path(sys.executable).with_name("snakemake")), *args]
     return subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+# Marker values for the secrets a run may hold: tests set them and find them in no file a run writes.
+SECRETS = {"HF_TOKEN": "hf_MARKERtoken0123456789", "WANDB_API_KEY": "MARKERwandb0123456789abcdef"}
+
+
+def files_holding_secrets(*roots: Path) -> list[str]:
+    """Every file under `roots` that holds one of the SECRETS' values."""
+    found = []
+    for root in roots:
+        for path in [root] if root.is_file() else root.rglob("*"):
+            if path.is_file():
+                content = path.read_bytes()
+                found += [f"{path}: {name}" for name, value in SECRETS.items() if value.encode() in content]
+    return found
 
 
 def write_config(workdir: Path, name: str, overlay: dict) -> str:

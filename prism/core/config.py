@@ -49,10 +49,19 @@ class Resources(Strict):
     cpus_per_task: PositiveInt
 
 
+class DiskEstimate(Strict):
+    """GB a full run writes under each path; `prism preflight` compares them with the free space."""
+
+    results: Annotated[float, Field(ge=0)] = 0
+    work: Annotated[float, Field(ge=0)] = 0
+    hf_cache: Annotated[float, Field(ge=0)] = 0
+
+
 class Paths(Strict):
     results: str = "results"
     work: str = "work"
     hf_cache: str = "cache/huggingface"
+    disk_gb: DiskEstimate = DiskEstimate()
 
 
 class Cluster(Strict):
@@ -67,6 +76,7 @@ class HfSource(Strict):
     revision: str = "main"
     files: list[str] = []
     extra_repos: list[str] = []
+    gated: bool = False  # needs an accepted licence and a token: `prism preflight` checks one is there
 
 
 class TinyModel(Strict):
@@ -86,10 +96,8 @@ class TinyModel(Strict):
         return self
 
 
-class Model(Strict):
-    source: Literal["hf", "tiny"]
-    hf: HfSource | None = None
-    tiny: TinyModel | None = None
+class Sourced(Strict):
+    """An input fetched or built from the block its `source` names."""
 
     @model_validator(mode="after")
     def _source_block(self):
@@ -98,8 +106,14 @@ class Model(Strict):
         return self
 
     def selected(self) -> dict:
-        """The source and its own block only: what the fetch or build depends on."""
-        return {"source": self.source, self.source: getattr(self, self.source).model_dump()}
+        """The source and its own block only: what the fetch or build depends on (not whether it is gated)."""
+        return {"source": self.source, self.source: getattr(self, self.source).model_dump(exclude={"gated"})}
+
+
+class Model(Sourced):
+    source: Literal["hf", "tiny"]
+    hf: HfSource | None = None
+    tiny: TinyModel | None = None
 
 
 class Policy(Strict):
@@ -113,13 +127,10 @@ class Synthetic(Strict):
     seed: int = 0
 
 
-class Dataset(Strict):
+class Dataset(Sourced):
     source: Literal["hf", "synthetic"]
     hf: HfSource | None = None
     synthetic: Synthetic | None = None
-
-    _source_block = Model._source_block
-    selected = Model.selected
 
 
 class Data(Strict):
@@ -350,7 +361,12 @@ class Config(Strict):
             if variant not in allowed:
                 problems.append(f"eval.variants.{i}: {variant!r} is not one of {allowed}")
         for resources, where in self.stage_resources():
-            if resources.gpus > self.cluster.gpus_per_node * resources.nodes:
+            if resources.gpus % resources.nodes:
+                problems.append(
+                    f"{where}.resources.gpus: {resources.gpus} GPUs do not split evenly over "
+                    f"{resources.nodes} nodes; ask for a multiple of nodes"
+                )
+            elif resources.gpus > self.cluster.gpus_per_node * resources.nodes:
                 problems.append(
                     f"{where}.resources.gpus: {resources.gpus} GPUs do not fit on {resources.nodes} node(s) "
                     f"of cluster.gpus_per_node={self.cluster.gpus_per_node}"

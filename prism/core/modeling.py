@@ -11,12 +11,24 @@ from pathlib import Path
 
 import torch
 
+from prism.core.errors import InputError
 from prism.core.prompts import to_chat
+
+
+def model_config(path: str | Path) -> dict:
+    """A model directory's config.json, or an InputError naming the directory."""
+    import json
+
+    config = Path(path) / "config.json"
+    if not config.exists():
+        raise InputError(f"{path}: no config.json, so this is not a Hugging Face model directory")
+    return json.loads(config.read_text())
 
 
 def load_processor(path: str):
     from transformers import AutoProcessor
 
+    model_config(path)
     processor = AutoProcessor.from_pretrained(path, trust_remote_code=True)
     if not hasattr(processor, "image_processor"):
         raise ValueError(
@@ -28,6 +40,7 @@ def load_processor(path: str):
 def load_model(path: str):
     from transformers import AutoModelForImageTextToText
 
+    model_config(path)
     return AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32)
 
 

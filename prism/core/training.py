@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from prism.core.errors import InputError
+
 
 def setup(threads: int, seed: int) -> None:
     torch.set_num_threads(max(1, threads))
@@ -79,7 +81,10 @@ class Checkpoint:
         state = {name: module.state_dict() for name, module in modules.items()}
         state.update(step=step, python_rng=random.getstate(), torch_rng=torch.get_rng_state())
         tmp = self.path.with_suffix(".tmp")
-        torch.save(state, tmp)
+        with tmp.open("wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())  # on disk before the rename makes it the state a rerun loads
         os.replace(tmp, self.path)
 
 
@@ -96,9 +101,14 @@ class MetricLog:
         if not self.path.exists():
             return
         rows = [r for r in self.rows() if int(r["step"]) <= step]
-        self.path.unlink()
+        if not rows:
+            self.path.unlink()
+            return
+        kept = MetricLog(self.path.with_suffix(".tmp"), self.total)
+        kept.path.unlink(missing_ok=True)
         for row in rows:
-            self._append(row)
+            kept._append(row)
+        os.replace(kept.path, self.path)  # a kill now or before leaves one whole curve, never a part
 
     def log(self, step: int, **metrics) -> None:
         row = {"step": step, **{k: round(float(v), 6) for k, v in metrics.items()}}
@@ -173,8 +183,26 @@ def run_stage(
             "the authors' checkpoint."
         )
     args.inputs = [getattr(args, name) for name in inputs]
+    unfinished = [
+        f"--{name} {path}"
+        for name, path in zip(inputs, args.inputs, strict=True)
+        if not (path / "manifest.json").exists()
+    ]
+    if unfinished:
+        sys.exit(
+            f"{stage}: input {', '.join(unfinished)} has no manifest.json, so it is unfinished (an "
+            "interrupted download or a crashed job) or not an artifact of this pipeline. Rerun the rule "
+            "that makes it (Snakemake does so by itself) or point the argument at a finished artifact."
+        )
     args.work = args.work / fingerprint(args.config, args.inputs)
-    runners[chosen](args)
+    try:
+        runners[chosen](args)
+    except InputError as err:
+        sys.exit(
+            f"{stage}: {err}. No manifest was written to {args.out}; fix or rebuild that input (delete "
+            "its directory and rerun the rule that makes it), then rerun: the training state in "
+            f"{args.work} is kept and resumed."
+        )
 
 
 class TrainingRun:

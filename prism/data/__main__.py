@@ -19,23 +19,28 @@ from prism.core.training import parse_slice
 from prism.data import synthetic
 from prism.data.formats import DATA_SOURCE
 
+DATASETS = ("sft", "warmup", "align", "rl")
+
 
 def download(hf: dict, out: Path, repo_type: str) -> dict:
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import HfApi, snapshot_download
 
     repos = [hf["repo"], *hf.get("extra_repos", [])]
-    files = {}
+    files, commits = {}, {}
     for repo in repos:
         target = out if len(repos) == 1 else out / repo.split("/")[-1]
+        # Asked first because snapshot_download, when the Hub is unreachable, returns whatever an
+        # interrupted attempt left in local_dir as if it were complete.
+        commits[repo] = HfApi().repo_info(repo, repo_type=repo_type, revision=hf.get("revision", "main")).sha
         snapshot_download(
             repo,
             repo_type=repo_type,
-            revision=hf.get("revision", "main"),
+            revision=commits[repo],
             allow_patterns=hf.get("files") or None,
             local_dir=target,
         )
         files[repo] = sorted(str(p.relative_to(out)) for p in target.rglob("*") if p.is_file())
-    return {"repos": repos, "revision": hf.get("revision", "main"), "files": files}
+    return {"repos": repos, "revision": hf.get("revision", "main"), "commits": commits, "files": files}
 
 
 def check_discriminator(path: Path) -> list[int]:
@@ -166,6 +171,45 @@ def build_benchmarks(spec: dict, out: Path) -> dict:
     return {"examples": counts}
 
 
+def checked_spec(args) -> dict:
+    """The --config slice, validated as the config file's own block for this artifact."""
+    from pydantic import ValidationError
+
+    from prism.core.config import Dataset, Model
+
+    if args.kind == "dataset" and args.name not in DATASETS:
+        sys.exit(f"python -m prism.data: unknown dataset {args.name!r}; one of {', '.join(DATASETS)}")
+    spec = parse_slice(args.config)
+    try:
+        (Model if args.kind == "model" else Dataset).model_validate(spec)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'top level'}: {e['msg'].removeprefix('Value error, ')}"
+            for e in err.errors()
+        )
+        sys.exit(f"python -m prism.data {args.kind} {args.name}: invalid --config ({problems})")
+    return spec
+
+
+def download_or_explain(hf: dict, out: Path, repo_type: str) -> dict:
+    """A failed download stops with what to do; files already fetched stay for the rerun to resume."""
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return download(hf, out, repo_type)
+    except GatedRepoError:
+        sys.exit(
+            f"download of {hf['repo']} refused: the repo is gated. Accept its licence on huggingface.co, "
+            "then set HF_TOKEN or run `hf auth login`; mark it hf.gated in the config so preflight checks it."
+        )
+    except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as err:
+        sys.exit(
+            f"download of {hf['repo']} (revision {hf.get('revision', 'main')}) into {out} failed: "
+            f"{type(err).__name__}: {str(err).splitlines()[0]}. No manifest was written; check the repo id, "
+            "the network and HF_HUB_OFFLINE, then rerun: the files already there are reused."
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m prism.data", description=__doc__)
     parser.add_argument("kind", choices=["model", "dataset", "benchmarks"])
@@ -179,10 +223,10 @@ def main(argv: list[str] | None = None) -> None:
         help="what a downloaded model must be; a discriminator must carry its value head",
     )
     args = parser.parse_args(argv)
-    spec, out, started = parse_slice(args.config), Path(args.out), time.time()
+    spec, out, started = checked_spec(args), Path(args.out), time.time()
     out.mkdir(parents=True, exist_ok=True)
     if spec["source"] == "hf":
-        facts = download(spec["hf"], out, "model" if args.kind == "model" else "dataset")
+        facts = download_or_explain(spec["hf"], out, "model" if args.kind == "model" else "dataset")
     elif args.kind == "model":
         from prism.core.config import TinyModel
         from prism.data import tiny

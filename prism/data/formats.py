@@ -14,13 +14,15 @@ from pathlib import Path
 
 from PIL import Image
 
+from prism.core.errors import InputError
+
 RL_COLUMNS = ("prompt", "images", "data_source", "reward_model", "extra_info")
 ALIGN_COLUMNS = (*RL_COLUMNS, "teacher_caption", "teacher_cot")
 WARMUP_FIELDS = ("prompt", "image", "teacher_caption", "teacher_cot", "student_caption", "student_cot")
 DATA_SOURCE = "prism_synthetic_shapes"
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """A data file that the stages cannot read; the message names the file and what is wrong."""
 
 
@@ -60,13 +62,12 @@ def read_warmup_pairs(path: str | Path) -> list[dict]:
     """Pairwise warmup lines with their image loaded; incomplete lines are refused, not skipped."""
     path = Path(path)
     pairs = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        record = json.loads(line)
-        empty = [f for f in WARMUP_FIELDS if not record.get(f)]
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
+        record = parse_json(line, f"{path}:{number}")
+        empty = [f for f in WARMUP_FIELDS if not isinstance(record, dict) or not record.get(f)]
         if empty:
             raise DataError(f"{path}:{number}: empty or missing fields {empty}")
-        image_path = path.parent / record["image"]
-        record["image"] = decode_image({"bytes": image_path.read_bytes()}, f"{path}:{number}")
+        record["image"] = open_image(path.parent / record["image"], f"{path}:{number}")
         pairs.append(record)
     return pairs
 
@@ -76,15 +77,38 @@ def read_sft_examples(directory: str | Path) -> list[dict]:
     from prism.core.prompts import prompt_messages
 
     directory = Path(directory)
-    info = json.loads((directory / "dataset_info.json").read_text())
+    info = parse_json(read_text(directory / "dataset_info.json"), str(directory / "dataset_info.json"))
     rows = []
     for entry in info.values():
-        for i, example in enumerate(json.loads((directory / entry["file_name"]).read_text())):
-            turns = {m["role"]: m["content"] for m in example["messages"]}
-            if len(example["images"]) != 1 or "assistant" not in turns:
-                raise DataError(f"{directory / entry['file_name']}: example {i} needs one image and a reply")
-            image = Image.open(directory / example["images"][0]).convert("RGB")
+        source = directory / entry["file_name"]
+        for i, example in enumerate(parse_json(read_text(source), str(source))):
+            turns = {m.get("role"): m.get("content") for m in example.get("messages", [])}
+            if len(example.get("images", [])) != 1 or "assistant" not in turns or "user" not in turns:
+                raise DataError(f"{source}: example {i} needs one image, a user turn and an assistant reply")
+            image = open_image(directory / example["images"][0], f"{source} example {i}")
             rows.append(
                 {"prompt": prompt_messages(turns["user"]), "image": image, "response": turns["assistant"]}
             )
     return rows
+
+
+def read_text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError as err:
+        raise DataError(f"{path}: cannot read the data file ({err.strerror})") from None
+
+
+def parse_json(text: str, where: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{where}: not valid JSON ({err})") from None
+
+
+def open_image(path: Path, where: str) -> Image.Image:
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise DataError(f"{where}: cannot read image {path} ({err.strerror})") from None
+    return decode_image({"bytes": data}, f"{where}: image {path}")

@@ -29,28 +29,38 @@ def launch_command(gpus: int, grad_accum: int) -> str:
 
 class AcceleratedCheckpoint:
     """Model, optimizer and schedule through `accelerator.save_state`, so ZeRO-partitioned optimizer state
-    resumes too; written to a temporary directory and renamed by the main process."""
+    resumes too. Each save goes to a temporary directory, gets its step.json last and is renamed to
+    `accelerate_state-<step>`; the previous one is removed only then, so a crash at any moment leaves the
+    last complete state, and a partly written one is never loaded."""
 
     def __init__(self, accelerator, work_dir: Path, every: int):
         self.accelerator, self.every = accelerator, every
-        self.dir, self.tmp = Path(work_dir) / "accelerate_state", Path(work_dir) / "accelerate_state.tmp"
+        self.work, self.tmp = Path(work_dir), Path(work_dir) / "accelerate_state.tmp"
+
+    def complete(self) -> list[Path]:
+        return sorted(p for p in self.work.glob("accelerate_state-*") if (p / "step.json").exists())
 
     def load(self, state: dict) -> int:
-        if not (self.dir / "step.json").exists():
+        saved = self.complete()
+        if not saved:
             return 0
-        self.accelerator.load_state(str(self.dir))
-        step = json.loads((self.dir / "step.json").read_text())["step"]
+        self.accelerator.load_state(str(saved[-1]))
+        step = json.loads((saved[-1] / "step.json").read_text())["step"]
         if self.accelerator.is_main_process:
-            print(f"resumed from step {step} ({self.dir})", flush=True)
+            print(f"resumed from step {step} ({saved[-1]})", flush=True)
         return step
 
     def save(self, step: int, state: dict) -> None:
         if step % self.every:
             return
+        if self.accelerator.is_main_process:
+            shutil.rmtree(self.tmp, ignore_errors=True)  # a save cut short by a crash
+        self.accelerator.wait_for_everyone()
         self.accelerator.save_state(str(self.tmp))
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             (self.tmp / "step.json").write_text(json.dumps({"step": step}))
-            shutil.rmtree(self.dir, ignore_errors=True)
-            self.tmp.rename(self.dir)
+            self.tmp.rename(self.work / f"accelerate_state-{step:08d}")
+            for older in self.complete()[:-1]:
+                shutil.rmtree(older)
         self.accelerator.wait_for_everyone()

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from prism.core.errors import InputError
 from prism.core.modeling import chat_text, encode
 from prism.core.prompts import prompt_messages
 
@@ -20,8 +21,8 @@ HEAD_FILE = "value_head.safetensors"
 HEAD_KEY = "v_head.1.weight"  # the released discriminator's name for the head
 
 
-class DiscriminatorError(ValueError):
-    pass
+class DiscriminatorError(InputError):
+    """A checkpoint that is not a discriminator, or whose head does not fit its backbone."""
 
 
 class Discriminator(nn.Module):

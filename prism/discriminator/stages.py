@@ -7,9 +7,10 @@ import time
 
 import torch
 
+from prism.core.errors import InputError
 from prism.core.losses import bradley_terry
 from prism.core.manifest import MANIFEST, write_manifest
-from prism.core.modeling import cap_image_pixels, load_model, load_processor, save_processor
+from prism.core.modeling import cap_image_pixels, load_model, load_processor, model_config, save_processor
 from prism.core.training import TrainingRun, epoch_batch, optimizer_and_schedule, setup
 from prism.data import synthetic
 from prism.data.formats import read_warmup_pairs
@@ -77,6 +78,12 @@ def heldout_metrics(disc, processor, pairs: list[dict], batch_size: int) -> dict
 def warmup_stage(args) -> None:
     cfg = args.config["warmup"]
     setup(args.threads, cfg["seed"])
+    text_config = model_config(args.model).get("text_config", {})
+    if not (text_config.get("num_experts") or text_config.get("num_local_experts")):
+        raise InputError(
+            f"{args.model}: a dense model (its text_config has no experts), but the warmup trains the "
+            "upcycled MoE discriminator; point --model at the upcycle stage's output"
+        )
     lines = read_warmup_pairs(args.data / "warmup_pairwise.jsonl")
     processor = load_processor(args.model)
     cap_image_pixels(processor, cfg["max_pixels"])

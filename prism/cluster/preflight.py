@@ -1,0 +1,133 @@
+"""Checks to run before GPU jobs are submitted, reporting every problem at once: a run that will stop
+on a missing account, a full disk or a missing token should stop now, not hours into the queue."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import yaml
+
+GB = 1024**3
+
+
+def read_config(workflow_dir: Path, configfiles: list[str]) -> tuple[dict, list[str]]:
+    """The config as Snakemake merges it (the Snakefile's configfile, then each --configfile)."""
+    from snakemake.utils import update_config
+
+    merged: dict = {}
+    problems = []
+    for name in [workflow_dir / "config" / "config.yaml", *map(Path, configfiles)]:
+        try:
+            overlay = yaml.safe_load(Path(name).read_text())
+        except OSError as err:
+            problems.append(f"{name}: cannot read the config file ({err.strerror}); check the path")
+            continue
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problems.append(f"{name}: not valid YAML{where}; fix the syntax there")
+            continue
+        if not isinstance(overlay, dict):
+            problems.append(
+                f"{name}: must be a mapping of keys at its top level, not {type(overlay).__name__}"
+            )
+            continue
+        update_config(merged, overlay)
+    return merged, problems
+
+
+def uses_slurm(profile: str | None) -> bool:
+    if not profile:
+        return False
+    settings = yaml.safe_load((Path(profile) / "profile.yaml").read_text()) or {}
+    return settings.get("executor") == "slurm"
+
+
+def cluster_problems(cfg, gpu_rules: set[str]) -> list[str]:
+    problems = []
+    for key in ("partition", "account"):
+        if not getattr(cfg.cluster, key):
+            rules = ", ".join(sorted(gpu_rules))
+            problems.append(
+                f"cluster.{key} is empty but the Slurm profile submits GPU jobs ({rules}); "
+                f"set cluster.{key} to your cluster's {key} (sinfo / sacctmgr show assoc list them)"
+            )
+    return problems
+
+
+def existing_ancestor(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def disk_problems(cfg, workflow_dir: Path) -> list[str]:
+    """Free space against paths.disk_gb; paths on one file system must fit together."""
+    needs: dict[int, list[tuple[str, Path, float]]] = {}
+    for key in ("results", "work", "hf_cache"):
+        path = existing_ancestor(workflow_dir / getattr(cfg.paths, key))
+        needs.setdefault(path.stat().st_dev, []).append((key, path, getattr(cfg.paths.disk_gb, key)))
+    problems = []
+    for entries in needs.values():
+        wanted = sum(gb for _, _, gb in entries)
+        free = shutil.disk_usage(entries[0][1]).free / GB
+        if free < wanted:
+            keys = " + ".join(f"paths.disk_gb.{key} ({gb:g})" for key, _, gb in entries)
+            where = ", ".join(f"paths.{key} ({path})" for key, path, _ in entries)
+            problems.append(
+                f"{where}: {free:.1f} GB free but the run needs {keys} = {wanted:g} GB there; free space, "
+                "point the paths at a larger file system, or lower the estimate if you know better"
+            )
+    return problems
+
+
+def token_present() -> bool:
+    """HF_TOKEN or the login cache, as huggingface_hub finds them (the value is never shown)."""
+    from huggingface_hub import get_token
+
+    return bool(get_token())
+
+
+def gated_downloads(cfg, jobs) -> list[str]:
+    repos = []
+    for job in jobs:
+        if job.rule == "fetch_model":
+            source = cfg.models[job.wildcards["model"]]
+        elif job.rule == "fetch_dataset":
+            source = getattr(cfg.data, job.wildcards["dataset"])
+        else:
+            continue
+        if source.source == "hf" and source.hf.gated:
+            repos.append(source.hf.repo)
+    return repos
+
+
+def preflight(
+    workflow_dir: Path, configfiles: list[str], targets: list[str], profile: str | None
+) -> list[str]:
+    """Every problem found, each naming the key or file and the fix; empty when the run may go."""
+    from prism.cluster.plan import plan_jobs
+    from prism.core.config import ConfigError, load_config
+
+    raw, problems = read_config(workflow_dir, configfiles)
+    if problems:
+        return problems
+    try:
+        cfg = load_config(raw)
+    except ConfigError as err:
+        return [line.strip() for line in str(err).splitlines()[1:]]
+    jobs = plan_jobs(workflow_dir, configfiles, targets)
+    gpu_rules = {job.rule for job in jobs if job.gpus and not job.local}
+    if uses_slurm(profile) and gpu_rules:
+        problems += cluster_problems(cfg, gpu_rules)
+    if jobs:
+        problems += disk_problems(cfg, workflow_dir)
+    gated = gated_downloads(cfg, jobs)
+    if gated and not token_present():
+        problems.append(
+            f"gated repos {gated} will be downloaded but no Hugging Face token was found; set HF_TOKEN in "
+            "the environment or run `hf auth login` (never put the token in a config or a command line)"
+        )
+    return problems
