@@ -2,6 +2,7 @@ import json
 import shlex
 import sys
 from pathlib import Path, PurePosixPath
+from types import SimpleNamespace
 
 sys.path.insert(0, workflow.basedir)
 
@@ -169,6 +170,21 @@ def variant_checkpoint(wildcards) -> str:
         return prism_checkpoint(policy)
     init, algo = variant.split("-")
     return rl_checkpoint(policy, init, algo)
+
+
+def trained_runs() -> list[str]:
+    """Manifests of the models this configuration trains for its table: their curves go in the report."""
+    built = {
+        variant_checkpoint(SimpleNamespace(policy=policy, variant=variant))
+        for policy in POLICIES
+        for variant in CFG.eval.variants
+        if variant != "instruct"
+    }
+    if any(variant.startswith("prism") for variant in CFG.eval.variants):
+        built |= {prism_checkpoint(policy) for policy in POLICIES} | {
+            discriminator_checkpoint()
+        }
+    return sorted(path for path in built if "/models/released/" not in path)
 
 
 def rl_slice(algo: str) -> str:

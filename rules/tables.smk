@@ -1,5 +1,6 @@
 rule tables:
-    """The paper's main table from our benchmark JSONs, and each cell beside the published number."""
+    """The paper's main table from our benchmark JSONs, each cell beside the published number, and the
+    report's charts: ours vs. the paper, and every trained stage's curves."""
     input:
         scores=expand(
             f"{RESULTS}/eval/{{policy}}/{{variant}}/{{benchmark}}.json",
@@ -7,11 +8,33 @@ rule tables:
             variant=CFG.eval.variants,
             benchmark=CFG.eval.benchmarks,
         ),
+        runs=trained_runs(),
         paper=CFG.tables.paper_results,
         code=code("tables"),
     output:
-        main=f"{RESULTS}/tables/main.csv",
-        versus=f"{RESULTS}/tables/main_vs_paper.csv",
+        main=report(
+            f"{RESULTS}/tables/main.csv",
+            caption="../report/main.rst",
+            category="Tables",
+        ),
+        versus=report(
+            f"{RESULTS}/tables/main_vs_paper.csv",
+            caption="../report/versus.rst",
+            category="Tables",
+        ),
+        comparison=report(
+            expand(f"{RESULTS}/tables/ours_vs_paper_{{policy}}.svg", policy=POLICIES),
+            caption="../report/comparison.rst",
+            category="Ours vs. the paper",
+        ),
+        curves=report(
+            expand(
+                f"{RESULTS}/tables/curves_{{stage}}.svg",
+                stage=["sft", "discriminator", "align", "rl"],
+            ),
+            caption="../report/curves.rst",
+            category="Training curves",
+        ),
     log:
         f"{RESULTS}/logs/tables.log",
     localrule: True
@@ -27,6 +50,9 @@ rule tables:
             }
         ),
         eval_root=lambda wc, input: Path(input.scores[0]).parents[2],
+        models_root=lambda wc, output: Path(output.main).parents[1] / "models",
+        runs=lambda wc, input: " ".join(str(Path(m).parent) for m in input.runs),
     shell:
         "python -m prism.tables --config {params.config} --eval-root {params.eval_root}"
+        " --models-root {params.models_root} --runs {params.runs}"
         " --out $(dirname {output.main}) > {log} 2>&1"

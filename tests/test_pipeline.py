@@ -8,7 +8,7 @@ import time
 import pytest
 import yaml
 
-from conftest import copy_workflow, snakemake, write_config
+from conftest import SECRETS, copy_workflow, files_holding_secrets, snakemake, write_config
 from prism.cluster.plan import plan_jobs
 
 pytestmark = pytest.mark.pipeline
@@ -20,7 +20,7 @@ def finished(tmp_path_factory):
     """One complete tiny run, shared by the tests below (a few minutes on 2 cores)."""
     workdir = copy_workflow(tmp_path_factory.mktemp("tiny-run"))
     start = time.time()
-    result = snakemake(workdir, "--workflow-profile", "profiles/local", *TINY, timeout=1500)
+    result = snakemake(workdir, "--workflow-profile", "profiles/local", *TINY, timeout=1500, env=SECRETS)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     print(f"tiny pipeline: {time.time() - start:.0f} s")
     return workdir
@@ -89,3 +89,17 @@ def test_a_code_change_reruns_the_stage_that_runs_it(finished):
     finally:
         module.write_text(original)
     assert counts == {"rl": 6, "evaluate": 6, "tables": 1, "all": 1}
+
+
+def test_report_holds_the_tables_the_comparison_and_the_curves(finished):
+    result = snakemake(finished, *TINY, "--report", "report.html", timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = (finished / "report.html").read_text()
+    shown = ("main.csv", "main_vs_paper.csv", "ours_vs_paper_tiny.svg", "curves_rl.svg", "curves_align.svg")
+    assert [name for name in shown if name not in report] == []
+
+
+def test_no_secret_reaches_a_result_a_log_the_work_state_or_the_report(finished):
+    """The run had HF_TOKEN and WANDB_API_KEY set (to markers); no file it wrote holds them."""
+    written = [finished / name for name in ("results", "work", ".snakemake", "report.html")]
+    assert files_holding_secrets(*[path for path in written if path.exists()]) == []

@@ -79,6 +79,12 @@ def test_reduced_config_and_released_checkpoints_shrink_the_plan(workflow_copy):
     }
 
 
+def test_released_config_plans_only_downloads_evaluations_and_tables():
+    jobs = plan_jobs(ROOT, [ROOT / "config" / "released.yaml"], ["results/tables/main.csv"], forceall=True)
+    assert counts(jobs) == {"fetch_model": 1, "fetch_released": 5, "evaluate": 6, "tables": 1}
+    assert summarize(jobs).splitlines()[-1].split() == ["total", "13", "384.0"]  # 6 x 8 GPUs x 8 h
+
+
 def sbatch_flags(workflow_dir, configfiles=()) -> dict[str, list[str]]:
     """The resource flags of each GPU rule's sbatch line, built by the plugin's own code (Slurm mocked)."""
     import snakemake_executor_plugin_slurm as plugin

@@ -1,6 +1,10 @@
-"""Build results/tables/main.csv and main_vs_paper.csv from the evaluation JSONs.
+"""Build the paper's tables from the evaluation JSONs, and the report's charts.
 
-`python -m prism.tables --config JSON --eval-root results/eval --out results/tables`
+`python -m prism.tables --config JSON --eval-root results/eval --out results/tables [--runs DIR ...]`
+
+Writes main.csv (policy, variant, one column per benchmark, Avg), main_vs_paper.csv (each cell beside the
+published number and the difference), ours_vs_paper.svg, and curves_<stage>.svg from the metrics.csv
+beside each trained artifact given with --runs. A missing score leaves its cell empty, never zero.
 """
 
 from __future__ import annotations
@@ -8,18 +12,24 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import sys
 from pathlib import Path
 
 from prism.core.config import BENCHMARKS
 from prism.core.training import parse_slice
+from prism.tables.figures import comparison_chart, curves_chart
+
+# What each stage's curves show, from whichever engine wrote them (the CPU loops or verl's step logs).
+CURVES = {
+    "sft": ["loss"],
+    "discriminator": ["loss", "acc", "gap"],
+    "align": ["caption_gap", "reasoning_gap", "valid_ratio", "prism/disc/gap", "prism/format_valid_rate"],
+    "rl": ["reward", "acc", "critic/score/mean", "response_length/mean"],
+}
 
 
-def read_scores(eval_root: Path, policy: str, variant: str, benchmarks: list[str]) -> dict[str, float | None]:
-    scores = {}
-    for benchmark in benchmarks:
-        path = eval_root / policy / variant / f"{benchmark}.json"
-        scores[benchmark] = json.loads(path.read_text())["score"] if path.exists() else None
-    return scores
+def read_score(path: Path) -> float | None:
+    return json.loads(path.read_text()).get("score") if path.exists() else None
 
 
 def average(values: list[float | None]) -> float | None:
@@ -31,9 +41,71 @@ def cell(value: float | None) -> str:
     return "" if value is None else f"{value:.1f}"
 
 
-def paper_numbers(path: Path) -> dict[tuple[str, str], dict[str, str]]:
+def paper_numbers(path: Path) -> dict[tuple[str, str], dict[str, float]]:
     with path.open() as handle:
-        return {(row["model"], row["variant"]): row for row in csv.DictReader(handle)}
+        return {
+            (row["model"], row["variant"]): {
+                k: float(v) for k, v in row.items() if v and k not in ("model", "variant")
+            }
+            for row in csv.DictReader(handle)
+        }
+
+
+def score_grid(cfg: dict, eval_root: Path) -> tuple[dict, list[str]]:
+    """{(policy, variant, column): score or None} over every configured cell, Avg included, and a line
+    for each missing benchmark score."""
+    grid, missing = {}, []
+    for policy in cfg["policies"]:
+        for variant in cfg["variants"]:
+            row = []
+            for benchmark in cfg["benchmarks"]:
+                path = eval_root / policy["name"] / variant / f"{benchmark}.json"
+                score = read_score(path)
+                if score is None:
+                    missing.append(
+                        f"{policy['name']} {variant} {BENCHMARKS[benchmark][0]}: no score in {path}"
+                    )
+                grid[policy["name"], variant, BENCHMARKS[benchmark][0]] = score
+                row.append(score)
+            grid[policy["name"], variant, "Avg"] = average(row)
+    return grid, missing
+
+
+def main_rows(cfg: dict, grid: dict, columns: list[str]) -> list[list[str]]:
+    rows = [["policy", "variant", *columns]]
+    for policy in cfg["policies"]:
+        for variant in cfg["variants"]:
+            rows.append([policy["name"], variant, *(cell(grid[policy["name"], variant, c]) for c in columns)])
+    return rows
+
+
+def versus_rows(cfg: dict, grid: dict, columns: list[str], paper: dict) -> list[list[str]]:
+    rows = [["policy", "variant", "benchmark", "ours", "paper", "diff"]]
+    for policy in cfg["policies"]:
+        for variant in cfg["variants"]:
+            published = paper.get((policy["paper_name"], variant), {})
+            for column in columns:
+                ours, theirs = grid[policy["name"], variant, column], published.get(column)
+                diff = None if ours is None or theirs is None else ours - theirs
+                rows.append([policy["name"], variant, column, cell(ours), cell(theirs), cell(diff)])
+    return rows
+
+
+def write_csv(path: Path, rows: list[list[str]]) -> None:
+    with path.open("w", newline="") as handle:
+        csv.writer(handle).writerows(rows)
+
+
+def training_runs(run_dirs: list[Path], models_root: Path) -> dict[str, dict[str, list[dict]]]:
+    """{stage: {run name: metrics rows}} of the trained artifacts (released ones have no curves)."""
+    runs: dict[str, dict[str, list[dict]]] = {stage: {} for stage in CURVES}
+    for directory in run_dirs:
+        stage = json.loads((directory / "manifest.json").read_text())["stage"]
+        curve = directory / "metrics.csv"
+        if stage in runs and curve.exists():
+            with curve.open() as handle:
+                runs[stage][str(directory.relative_to(models_root))] = list(csv.DictReader(handle))
+    return runs
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -41,28 +113,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", required=True, type=parse_slice)
     parser.add_argument("--eval-root", required=True, type=Path)
     parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--models-root", type=Path, default=Path("results/models"))
+    parser.add_argument("--runs", nargs="*", type=Path, default=[], help="trained artifact directories")
     args = parser.parse_args(argv)
     cfg = args.config
-    columns = [BENCHMARKS[b][0] for b in cfg["benchmarks"]]
+    columns = [BENCHMARKS[b][0] for b in cfg["benchmarks"]] + ["Avg"]
+    grid, missing = score_grid(cfg, args.eval_root)
+    for line in missing:
+        print(f"warning: {line}; its cell and the row's Avg stay empty", file=sys.stderr)
     paper = paper_numbers(Path(cfg["paper_results"]))
-    main_rows, versus_rows = [], []
-    for policy in cfg["policies"]:
-        for variant in cfg["variants"]:
-            scores = read_scores(args.eval_root, policy["name"], variant, cfg["benchmarks"])
-            ours = [*scores.values(), average(list(scores.values()))]
-            main_rows.append([policy["name"], variant, *map(cell, ours)])
-            published = paper.get((policy["paper_name"], variant), {})
-            for column, value in zip([*columns, "Avg"], ours, strict=True):
-                theirs = float(published[column]) if published.get(column) else None
-                diff = None if value is None or theirs is None else value - theirs
-                versus_rows.append([policy["name"], variant, column, cell(value), cell(theirs), cell(diff)])
     args.out.mkdir(parents=True, exist_ok=True)
-    with (args.out / "main.csv").open("w", newline="") as handle:
-        csv.writer(handle).writerows([["policy", "variant", *columns, "Avg"], *main_rows])
-    with (args.out / "main_vs_paper.csv").open("w", newline="") as handle:
-        csv.writer(handle).writerows(
-            [["policy", "variant", "benchmark", "ours", "paper", "diff"], *versus_rows]
+    write_csv(args.out / "main.csv", main_rows(cfg, grid, columns))
+    write_csv(args.out / "main_vs_paper.csv", versus_rows(cfg, grid, columns, paper))
+    for policy in cfg["policies"]:
+        ours = {(v, c): grid[policy["name"], v, c] for v in cfg["variants"] for c in columns}
+        theirs = {
+            (v, c): paper.get((policy["paper_name"], v), {}).get(c) for v in cfg["variants"] for c in columns
+        }
+        chart = comparison_chart(
+            f"{policy['name']}: ours vs. the paper", cfg["variants"], ours, theirs, columns
         )
+        (args.out / f"ours_vs_paper_{policy['name']}.svg").write_text(chart)
+    for stage, runs in training_runs(args.runs, args.models_root).items():
+        present = [m for m in CURVES[stage] if any(m in rows[0] for rows in runs.values() if rows)]
+        (args.out / f"curves_{stage}.svg").write_text(curves_chart(stage, present or CURVES[stage][:1], runs))
     print((args.out / "main.csv").read_text())
 
 

@@ -1,0 +1,95 @@
+"""The tables and charts from a synthetic set of benchmark JSONs: rows, columns, averages, differences
+from the paper, and a missing benchmark left empty with a warning."""
+
+import csv
+import json
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from conftest import ROOT
+from prism.core.config import BENCHMARKS
+from prism.core.manifest import write_manifest
+from prism.tables.__main__ import main
+
+SVG = "{http://www.w3.org/2000/svg}"
+POLICY = {"name": "qwen3-vl-4b", "model": "qwen3-vl-4b", "paper_name": "Qwen3-VL-4B"}
+CONFIG = {
+    "benchmarks": ["mathvista", "mmmu", "hallusionbench"],
+    "variants": ["sft", "prism-grpo"],
+    "policies": [POLICY],
+    "paper_results": str(ROOT / "config" / "paper_results.csv"),
+}
+SCORES = {("sft", "mathvista"): 70.0, ("sft", "mmmu"): 50.0, ("sft", "hallusionbench"): 69.0}
+SCORES |= {("prism-grpo", "mathvista"): 80.0, ("prism-grpo", "mmmu"): 60.0}  # hallusionbench missing
+
+
+def read_csv(path):
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture
+def built(tmp_path, capsys):
+    for (variant, benchmark), score in SCORES.items():
+        path = tmp_path / "eval" / POLICY["name"] / variant / f"{benchmark}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"score": score, "metric": BENCHMARKS[benchmark][1]}))
+    runs = []
+    for name, rows in {
+        "rl/qwen3-vl-4b/prism-grpo": [(1, 0.4), (2, 0.5)],
+        "sft/qwen3-vl-4b": [(1, 2.0)],
+    }.items():
+        run = tmp_path / "models" / name
+        write_manifest(run / "manifest.json", name.split("/")[0], [], {})
+        column = "reward" if name.startswith("rl") else "loss"
+        (run / "metrics.csv").write_text(f"step,{column}\n" + "".join(f"{s},{v}\n" for s, v in rows))
+        runs.append(str(run))
+    out = tmp_path / "tables"
+    args = ["--config", json.dumps(CONFIG), "--eval-root", str(tmp_path / "eval"), "--out", str(out)]
+    main([*args, "--models-root", str(tmp_path / "models"), "--runs", *runs])
+    return out, capsys.readouterr().err
+
+
+def test_main_table_in_the_papers_layout(built):
+    out, _ = built
+    rows = read_csv(out / "main.csv")
+    assert list(rows[0]) == ["policy", "variant", "MathVista", "MMMU", "HallusionBench", "Avg"]
+    assert rows[0] == {
+        "policy": "qwen3-vl-4b",
+        "variant": "sft",
+        "MathVista": "70.0",
+        "MMMU": "50.0",
+        "HallusionBench": "69.0",
+        "Avg": "63.0",
+    }
+
+
+def test_a_missing_benchmark_leaves_its_cell_and_the_average_empty_with_a_warning(built):
+    out, warnings = built
+    row = read_csv(out / "main.csv")[1]
+    assert (row["variant"], row["HallusionBench"], row["Avg"]) == ("prism-grpo", "", "")
+    assert "warning: qwen3-vl-4b prism-grpo HallusionBench: no score in" in warnings
+    assert warnings.count("warning:") == 1
+
+
+def test_each_cell_beside_the_paper_with_the_difference(built):
+    out, _ = built
+    versus = {(r["variant"], r["benchmark"]): r for r in read_csv(out / "main_vs_paper.csv")}
+    assert len(versus) == 2 * 4
+    # the paper: Qwen3-VL-4B sft MathVista 71.5, prism-grpo MathVista 77.9, sft Avg over 7 benchmarks
+    assert (versus["sft", "MathVista"]["paper"], versus["sft", "MathVista"]["diff"]) == ("71.5", "-1.5")
+    assert versus["prism-grpo", "MathVista"]["diff"] == "2.1"
+    assert versus["prism-grpo", "HallusionBench"]["ours"] == "" and versus["prism-grpo", "Avg"]["diff"] == ""
+
+
+def test_charts_draw_every_score_and_every_training_curve(built):
+    out, _ = built
+    chart = ET.parse(out / "ours_vs_paper_qwen3-vl-4b.svg").getroot()
+    bars = [r for r in chart.iter(f"{SVG}rect") if r.find(f"{SVG}title") is not None]
+    ours = sum("(ours)" in r.find(f"{SVG}title").text for r in bars)
+    assert ours == 5 + 1  # five scores and sft's Avg; prism-grpo's Avg is missing
+    assert len(bars) - ours == 2 * 4  # the paper has every cell of both rows
+    assert len(list(ET.parse(out / "curves_rl.svg").getroot().iter(f"{SVG}polyline"))) == 1
+    assert len(list(ET.parse(out / "curves_sft.svg").getroot().iter(f"{SVG}polyline"))) == 1
+    assert "no curve recorded" in (out / "curves_align.svg").read_text()
