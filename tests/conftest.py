@@ -15,7 +15,7 @@ import yaml
 from snakemake.utils import update_config
 
 ROOT = Path(__file__).resolve().parent.parent
-WORKFLOW_FILES = ("Snakefile", "rules", "config", "profiles", "envs", "prism")
+WORKFLOW_FILES = ("Snakefile", "rules", "config", "profiles", "envs", "prism", "report")
 
 
 def load_yaml(name: str) -> dict:

@@ -97,6 +97,8 @@ def test_report_holds_the_tables_the_comparison_and_the_curves(finished):
     report = (finished / "report.html").read_text()
     shown = ("main.csv", "main_vs_paper.csv", "ours_vs_paper_tiny.svg", "curves_rl.svg", "curves_align.svg")
     assert [name for name in shown if name not in report] == []
+    curves = (finished / "results/tables/curves_discriminator.svg").read_text()
+    assert "polyline" in curves and "no curve recorded" not in curves
 
 
 def test_no_secret_reaches_a_result_a_log_the_work_state_or_the_report(finished):

@@ -28,6 +28,10 @@ CURVES = {
 }
 
 
+# The warmed discriminator's manifest names its rule; its curves are the discriminator's.
+STAGE_OF_MANIFEST = {"warmup_discriminator": "discriminator"}
+
+
 def read_score(path: Path) -> float | None:
     return json.loads(path.read_text()).get("score") if path.exists() else None
 
@@ -101,6 +105,7 @@ def training_runs(run_dirs: list[Path], models_root: Path) -> dict[str, dict[str
     runs: dict[str, dict[str, list[dict]]] = {stage: {} for stage in CURVES}
     for directory in run_dirs:
         stage = json.loads((directory / "manifest.json").read_text())["stage"]
+        stage = STAGE_OF_MANIFEST.get(stage, stage)
         curve = directory / "metrics.csv"
         if stage in runs and curve.exists():
             with curve.open() as handle:
