@@ -17,7 +17,8 @@ wildcard_constraints:
     dataset="sft|warmup|align|rl",
     init="sft|prism",
     algo="grpo|dapo|gspo",
-    variant="|".join(CFG.variant_names()),
+    variant="|".join(CFG.evaluated_variants()),
+    ablation="no_sft|dense_discriminator",
     slug="[^/]+",
 
 
@@ -28,6 +29,11 @@ include: "rules/align.smk"
 include: "rules/rl.smk"
 include: "rules/eval.smk"
 include: "rules/tables.smk"
+
+
+if ablation_rows():
+
+    include: "rules/ablations.smk"
 
 
 rule all:

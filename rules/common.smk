@@ -14,6 +14,7 @@ except ConfigError as err:
     sys.exit(f"prism-pipeline: {err}")
 
 RESULTS = CFG.paths.results
+INPUTS = CFG.paths.hf_cache
 WORK = CFG.paths.work
 POLICIES = [p.name for p in CFG.policies]
 MANIFEST = "manifest.json"
@@ -123,11 +124,11 @@ RELEASED = {
 
 
 def released(repo: str) -> str:
-    return f"{RESULTS}/models/released/{released_slug(repo)}/{MANIFEST}"
+    return f"{INPUTS}/released/{released_slug(repo)}/{MANIFEST}"
 
 
 def base_model(name: str) -> str:
-    return f"{RESULTS}/models/base/{name}/{MANIFEST}"
+    return f"{INPUTS}/models/{name}/{MANIFEST}"
 
 
 def sft_checkpoint(policy: str) -> str:
@@ -159,9 +160,25 @@ def rl_checkpoint(policy: str, init: str, algo: str) -> str:
     return f"{RESULTS}/models/rl/{policy}/{init}-{algo}/{MANIFEST}"
 
 
+def ablation_start(wildcards) -> str:
+    """Where an ablation's alignment starts: the base model without SFT, else the SFT checkpoint."""
+    if wildcards.ablation == "no_sft":
+        return base_model(CFG.policy(wildcards.policy).model)
+    return sft_checkpoint(wildcards.policy)
+
+
+def ablation_discriminator(wildcards) -> str:
+    if wildcards.ablation == "dense_discriminator":
+        return f"{RESULTS}/models/discriminator/dense/{MANIFEST}"
+    return discriminator_checkpoint()
+
+
 def variant_checkpoint(wildcards) -> str:
-    """The model a table row evaluates: base, SFT, aligned, or one RL run."""
+    """The model a table row evaluates: base, SFT, aligned, one RL run, or an ablation's RL run."""
     policy, variant = wildcards.policy, wildcards.variant
+    if variant.startswith("ablation-"):
+        ablation = variant.removeprefix("ablation-")
+        return f"{RESULTS}/models/ablations/{ablation}/{policy}/prism-{CFG.ablations.algorithm}/{MANIFEST}"
     if variant == "instruct":
         return base_model(CFG.policy(policy).model)
     if variant == "sft":
@@ -184,17 +201,45 @@ def trained_runs() -> list[str]:
         built |= {prism_checkpoint(policy) for policy in POLICIES} | {
             discriminator_checkpoint()
         }
-    return sorted(path for path in built if "/models/released/" not in path)
+    if ablation_rows():
+        built |= {
+            variant_checkpoint(
+                SimpleNamespace(policy=CFG.ablations.policy, variant=variant)
+            )
+            for _, variant in ablation_rows()
+        }
+    return sorted(path for path in built if not path.startswith(f"{INPUTS}/released/"))
+
+
+def ablation_rows() -> list[tuple[str, str]]:
+    """(paper label, evaluation variant) of the ablation table; empty when no ablation is configured."""
+    return CFG.ablations.rows() if CFG.ablations and CFG.ablations.settings else []
 
 
 def rl_slice(algo: str) -> str:
     return as_arg(CFG.rl.job_slice(algo))
 
 
-def benchmark_data(wildcards) -> list[str]:
-    return [f"{RESULTS}/data/bench/{MANIFEST}"] if CFG.eval.engine == "cpu" else []
+def evaluation_inputs(wildcards) -> dict:
+    """The model, and what its engine reads beside it: the synthetic sets (cpu) or the judge (lmms_eval,
+    which fetches the benchmarks itself)."""
+    inputs = {"model": variant_checkpoint(wildcards)}
+    if CFG.eval.engine == "cpu":
+        inputs["data"] = f"{RESULTS}/data/bench/{MANIFEST}"
+    else:
+        inputs["judge"] = base_model(CFG.eval.judge.model)
+    return inputs
 
 
-def bench_dir(data_manifests) -> str:
-    """The CPU evaluator's benchmark directory; the GPU engine has none (lmms-eval fetches its own)."""
-    return str(Path(data_manifests[0]).parent) if data_manifests else "none"
+def ablation_tables() -> dict:
+    """The ablation table and its comparison with the paper, as outputs of the tables rule when configured."""
+    if not ablation_rows():
+        return {}
+    return {
+        name: report(
+            f"{RESULTS}/tables/{name}.csv",
+            caption="../report/ablations.rst",
+            category="Tables",
+        )
+        for name in ("ablations", "ablations_vs_paper")
+    }

@@ -3,7 +3,7 @@ rule fetch_model:
     input:
         code=code("data"),
     output:
-        manifest=f"{RESULTS}/models/base/{{model}}/{MANIFEST}",
+        manifest=f"{INPUTS}/models/{{model}}/{MANIFEST}",
     log:
         f"{RESULTS}/logs/data/model-{{model}}.log",
     localrule: True
@@ -17,11 +17,11 @@ rule fetch_model:
 
 
 rule fetch_dataset:
-    """A training set in the format its stage reads: downloaded, or synthetic shapes in tiny mode."""
+    """A training set as its authors released it: downloaded, or synthetic shapes in tiny mode."""
     input:
         code=code("data"),
     output:
-        manifest=f"{RESULTS}/data/{{dataset}}/{MANIFEST}",
+        manifest=f"{INPUTS}/datasets/{{dataset}}/{MANIFEST}",
     log:
         f"{RESULTS}/logs/data/dataset-{{dataset}}.log",
     localrule: True
@@ -32,6 +32,25 @@ rule fetch_dataset:
     shell:
         "python -m prism.data dataset --name {wildcards.dataset} --config {params.spec}"
         " --out $(dirname {output.manifest}) > {log} 2>&1"
+
+
+rule prepare_dataset:
+    """A fetched set checked row by row and written as its stage reads it; rejected rows are counted by reason."""
+    input:
+        raw=f"{INPUTS}/datasets/{{dataset}}/{MANIFEST}",
+        code=code("data"),
+    output:
+        manifest=f"{RESULTS}/data/{{dataset}}/{MANIFEST}",
+    log:
+        f"{RESULTS}/logs/data/prepare-{{dataset}}.log",
+    localrule: True
+    conda:
+        "../envs/workflow.yaml"
+    params:
+        spec=as_arg({"max_rejected_fraction": CFG.data.max_rejected_fraction}),
+    shell:
+        "python -m prism.data prepare --name {wildcards.dataset} --config {params.spec}"
+        " --raw $(dirname {input.raw}) --out $(dirname {output.manifest}) > {log} 2>&1"
 
 
 rule make_benchmarks:
@@ -63,7 +82,7 @@ rule fetch_released:
     input:
         code=code("data"),
     output:
-        manifest=f"{RESULTS}/models/released/{{slug}}/{MANIFEST}",
+        manifest=f"{INPUTS}/released/{{slug}}/{MANIFEST}",
     log:
         f"{RESULTS}/logs/data/released-{{slug}}.log",
     localrule: True

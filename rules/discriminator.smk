@@ -40,6 +40,7 @@ rule warmup_discriminator:
     params:
         config=as_arg(
             {
+                "architecture": "moe",
                 "value_head_dropout": CFG.discriminator.value_head_dropout,
                 "warmup": CFG.discriminator.warmup.model_dump(exclude={"resources"}),
             }

@@ -1,8 +1,7 @@
 rule evaluate:
-    """All configured benchmarks for one model variant (one model load, one judge server per job)."""
+    """All configured benchmarks for one model variant (one judge server per job)."""
     input:
-        model=variant_checkpoint,
-        data=benchmark_data,
+        unpack(evaluation_inputs),
         code=code("eval", "data"),
     output:
         scores=expand(
@@ -18,12 +17,15 @@ rule evaluate:
     resources:
         **gpu_resources(CFG.eval.resources),
     params:
-        config=as_arg(
-            CFG.eval.model_dump(exclude={"resources", "variants", "synthetic"})
+        config=as_arg(CFG.eval.stage_slice()),
+        inputs=lambda wc, input: " ".join(
+            f"--{name} {Path(input[name]).parent}"
+            for name in ("data", "judge")
+            if name in input.keys()
         ),
-        data=lambda wc, input: bench_dir(input.data),
+        allocation=allocation(CFG.eval.resources),
         work=lambda wc: work_dir("eval", wc.policy, wc.variant),
     shell:
         "python -m prism.eval --config {params.config} --model $(dirname {input.model})"
-        " --data {params.data} --out $(dirname {output.manifest})"
-        " --work {params.work} --threads {threads} > {log} 2>&1"
+        " {params.inputs} --out $(dirname {output.manifest})"
+        " --work {params.work} --threads {threads} {params.allocation} > {log} 2>&1"

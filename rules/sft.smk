@@ -3,7 +3,7 @@ rule sft:
     input:
         model=lambda wc: base_model(CFG.policy(wc.policy).model),
         data=f"{RESULTS}/data/sft/{MANIFEST}",
-        code=code("sft", "data"),
+        code=code("sft", "data", "cluster"),
     output:
         manifest=f"{RESULTS}/models/sft/{{policy}}/{MANIFEST}",
     log:
@@ -14,9 +14,10 @@ rule sft:
     resources:
         **gpu_resources(CFG.sft.resources),
     params:
-        config=config_slice(CFG.sft),
+        config=as_arg(CFG.sft.stage_slice()),
+        allocation=allocation(CFG.sft.resources),
         work=lambda wc: work_dir("sft", wc.policy),
     shell:
         "python -m prism.sft --config {params.config} --model $(dirname {input.model})"
         " --data $(dirname {input.data}) --out $(dirname {output.manifest})"
-        " --work {params.work} --threads {threads} > {log} 2>&1"
+        " --work {params.work} --threads {threads} {params.allocation} > {log} 2>&1"

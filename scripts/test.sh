@@ -3,6 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+bash scripts/setup-lmms-eval.sh # lmms-eval's own environment, for the tests that run it
 . .venv/bin/activate
 ruff check prism tests benchmarks
 ruff format --check prism tests benchmarks

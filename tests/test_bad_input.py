@@ -128,10 +128,11 @@ def stage(tiny_config, tmp_path):
     """Run a stage the way its rule does; check it wrote nothing over an earlier artifact or state."""
     cfg = load_config(tiny_config)
     configs = {
-        "prism.sft": cfg.sft.model_dump(exclude={"resources", "source", "released"}),
+        "prism.sft": cfg.sft.stage_slice(),
         "prism.rl": cfg.rl.job_slice("grpo"),
         "prism.align": cfg.align.stage_slice(),
         "prism.discriminator": {
+            "architecture": "moe",
             "value_head_dropout": 0.1,
             "warmup": cfg.discriminator.warmup.model_dump(exclude={"resources"}),
         },

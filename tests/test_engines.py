@@ -231,6 +231,7 @@ def test_warmup_shares_batches_across_processes_and_learns(tiny_dir, tmp_path):
         ]
     )
     config = {
+        "architecture": "moe",
         "value_head_dropout": 0.1,
         "warmup": {
             "engine": "cpu",

@@ -39,6 +39,9 @@ def test_table_has_one_full_row_per_variant(finished):
         assert all(re.fullmatch(r"\d+\.\d", row[k]) for k in row if k not in ("policy", "variant"))
     versus = read_csv(finished / "results/tables/main_vs_paper.csv")
     assert len(versus) == len(variants) * 8 and all(r["paper"] == "" for r in versus)
+    ablations = read_csv(finished / "results/tables/ablations.csv")
+    settings = ["prism-grpo (full)", "without alignment", "without SFT", "dense 4B discriminator"]
+    assert [r["setting"] for r in ablations] == settings and all(r["Avg"] for r in ablations)
 
 
 def test_training_learns(finished):
@@ -54,10 +57,20 @@ def test_training_learns(finished):
 
 def test_every_artifact_has_a_manifest_naming_its_inputs(finished):
     manifests = list((finished / "results").rglob("manifest.json"))
-    assert len(manifests) == 2 + 4 + 1 + 1 + 2 + 1 + 6 + 9  # models, data, bench, sft, disc, align, rl, eval
+    # models and data sets as built, the prepared sets, bench, sft, disc, align, rl, eval, and the
+    # ablations: the dense discriminator, two alignments, two RL runs and their evaluations
+    assert len(manifests) == 2 + 4 + 4 + 1 + 1 + 2 + 1 + 6 + 9 + 1 + 2 + 2 + 2
     rl = json.loads((finished / "results/models/rl/tiny/prism-dapo/manifest.json").read_text())
     assert set(rl["inputs"]) == {"results/models/prism/tiny/manifest.json", "results/data/rl/manifest.json"}
     assert rl["config"]["algorithm"]["clip_ratio_high"] == 0.28
+
+
+def test_tiny_sets_pass_the_same_row_checks_as_the_downloads_whole(finished):
+    for name in ("sft", "warmup", "align", "rl"):
+        manifest = json.loads((finished / f"results/data/{name}/manifest.json").read_text())
+        assert manifest["stage"] == f"prepare:{name}"
+        assert list(manifest["inputs"]) == [f"results/inputs/datasets/{name}/manifest.json"]
+        assert manifest["metrics"]["read"] == manifest["metrics"]["kept"] > 0
 
 
 def test_a_finished_run_has_nothing_to_do(finished):
@@ -88,14 +101,14 @@ def test_a_code_change_reruns_the_stage_that_runs_it(finished):
         counts = rule_counts(finished, ["config/tiny.yaml"])
     finally:
         module.write_text(original)
-    assert counts == {"rl": 6, "evaluate": 6, "tables": 1, "all": 1}
+    assert counts == {"rl": 6, "rl_ablation": 2, "evaluate": 6 + 2, "tables": 1, "all": 1}
 
 
 def test_report_holds_the_tables_the_comparison_and_the_curves(finished):
     result = snakemake(finished, *TINY, "--report", "report.html", timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     report = (finished / "report.html").read_text()
-    shown = ("main.csv", "main_vs_paper.csv", "ours_vs_paper_tiny.svg", "curves_rl.svg", "curves_align.svg")
+    shown = ("main.csv", "main_vs_paper.csv", "ablations.csv", "ours_vs_paper_tiny.svg", "curves_rl.svg")
     assert [name for name in shown if name not in report] == []
     curves = (finished / "results/tables/curves_discriminator.svg").read_text()
     assert "polyline" in curves and "no curve recorded" not in curves

@@ -13,8 +13,9 @@ from conftest import ROOT, write_config
 from prism.cluster.plan import plan_jobs, summarize, with_dag_jobs
 
 PAPER_JOBS = {
-    "fetch_model": 3,
+    "fetch_model": 4,  # two policies, the discriminator base, the judge
     "fetch_dataset": 4,
+    "prepare_dataset": 4,
     "sft": 2,
     "upcycle": 1,
     "warmup_discriminator": 1,
@@ -34,10 +35,11 @@ def test_paper_plan_lists_every_job_with_gpu_hours():
     assert counts(jobs) == PAPER_JOBS
     rl = [j for j in jobs if j.rule == "rl"]
     assert {(j.gpus, j.nodes, j.hours, j.local) for j in rl} == {(8, 1, 72.0, False)}
-    assert all(j.local for j in jobs if j.rule in ("fetch_model", "fetch_dataset", "tables"))
+    local = ("fetch_model", "fetch_dataset", "prepare_dataset", "tables")
+    assert all(j.local for j in jobs if j.rule in local)
     table = summarize(jobs)
     assert "rl" in table and "6912.0" in table  # 12 runs x 8 GPUs x 72 h
-    assert table.splitlines()[-1].split()[:2] == ["total", "44"]
+    assert table.splitlines()[-1].split()[:2] == ["total", "49"]
 
 
 def test_tiny_plan_runs_the_same_stages_on_synthetic_inputs():
@@ -45,13 +47,17 @@ def test_tiny_plan_runs_the_same_stages_on_synthetic_inputs():
     assert counts(jobs) == {
         "fetch_model": 2,
         "fetch_dataset": 4,
+        "prepare_dataset": 4,
         "make_benchmarks": 1,
         "sft": 1,
         "upcycle": 1,
         "warmup_discriminator": 1,
+        "warmup_dense_discriminator": 1,
         "align": 1,
+        "align_ablation": 2,
         "rl": 6,
-        "evaluate": 9,
+        "rl_ablation": 2,
+        "evaluate": 9 + 2,  # the table's rows and the two trained ablation rows
         "tables": 1,
     }
 
@@ -70,7 +76,9 @@ def test_reduced_config_and_released_checkpoints_shrink_the_plan(workflow_copy):
     )
     jobs = plan_jobs(workflow_copy, [overlay], ["results/tables/main.csv"], forceall=True)
     assert counts(jobs) == {
+        "fetch_model": 1,  # the judge
         "fetch_dataset": 2,
+        "prepare_dataset": 2,
         "fetch_released": 2,
         "align": 1,
         "rl": 1,
@@ -79,10 +87,23 @@ def test_reduced_config_and_released_checkpoints_shrink_the_plan(workflow_copy):
     }
 
 
+def test_released_sft_drops_the_sft_jobs_and_the_downloads_only_they_needed(workflow_copy):
+    overlay = write_config(workflow_copy, "released-sft.yaml", {"sft": {"source": "released"}})
+    jobs = plan_jobs(workflow_copy, [overlay], ["results/tables/main.csv"], forceall=True)
+    built = plan_jobs(workflow_copy, [], ["results/tables/main.csv"], forceall=True)
+    dropped = Counter((j.rule, j.wildcards.get("dataset")) for j in built) - Counter(
+        (j.rule, j.wildcards.get("dataset")) for j in jobs
+    )
+    # the base models stay: the instruct rows evaluate them
+    assert dropped == {("sft", None): 2, ("fetch_dataset", "sft"): 1, ("prepare_dataset", "sft"): 1}
+    fetched = {j.wildcards["slug"] for j in jobs if j.rule == "fetch_released"}
+    assert fetched == {"prism-vlm--Qwen3-VL-4B-Instruct-SFT", "prism-vlm--Qwen3-VL-8B-Instruct-SFT"}
+
+
 def test_released_config_plans_only_downloads_evaluations_and_tables():
     jobs = plan_jobs(ROOT, [ROOT / "config" / "released.yaml"], ["results/tables/main.csv"], forceall=True)
-    assert counts(jobs) == {"fetch_model": 1, "fetch_released": 5, "evaluate": 6, "tables": 1}
-    assert summarize(jobs).splitlines()[-1].split() == ["total", "13", "384.0"]  # 6 x 8 GPUs x 8 h
+    assert counts(jobs) == {"fetch_model": 2, "fetch_released": 5, "evaluate": 6, "tables": 1}  # base, judge
+    assert summarize(jobs).splitlines()[-1].split() == ["total", "14", "384.0"]  # 6 x 8 GPUs x 8 h
 
 
 def sbatch_flags(workflow_dir, configfiles=()) -> dict[str, list[str]]:

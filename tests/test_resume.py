@@ -126,7 +126,11 @@ def test_warmup_preempted_mid_run_resumes_from_its_accelerate_state(moe_dir, dat
         "batch_size": 4,
         "heldout_pairs": 8,
     }
-    config = {"value_head_dropout": cfg.discriminator.value_head_dropout, "warmup": warmup}
+    config = {
+        "architecture": "moe",
+        "value_head_dropout": cfg.discriminator.value_head_dropout,
+        "warmup": warmup,
+    }
     out, work = tmp_path / "warm", tmp_path / "work"
     inputs = {"model": moe_dir, "data": data / "warmup"}
     command = stage_command(["prism.discriminator", "warmup"], config, inputs, out, work)

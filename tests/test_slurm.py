@@ -156,7 +156,7 @@ def test_slurm_granted_each_job_the_request_its_stage_makes_in_the_config(slurm_
 def test_table_has_the_structure_of_a_local_run(slurm_run):
     _, _, table = slurm_run
     config = tiny_config()
-    header = ["policy", "variant", *(BENCHMARKS[b][0] for b in config["eval"]["benchmarks"]), "Avg"]
+    header = ["policy", "variant", *(BENCHMARKS[b] for b in config["eval"]["benchmarks"]), "Avg"]
     assert table[0] == header
     variants = [(p["name"], v) for p in config["policies"] for v in config["eval"]["variants"]]
     assert [tuple(row[:2]) for row in table[1:]] == variants

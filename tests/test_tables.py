@@ -8,7 +8,6 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from conftest import ROOT
-from prism.core.config import BENCHMARKS
 from prism.core.manifest import write_manifest
 from prism.tables.__main__ import main
 
@@ -19,6 +18,7 @@ CONFIG = {
     "variants": ["sft", "prism-grpo"],
     "policies": [POLICY],
     "paper_results": str(ROOT / "config" / "paper_results.csv"),
+    "ablations": None,
 }
 SCORES = {("sft", "mathvista"): 70.0, ("sft", "mmmu"): 50.0, ("sft", "hallusionbench"): 69.0}
 SCORES |= {("prism-grpo", "mathvista"): 80.0, ("prism-grpo", "mmmu"): 60.0}  # hallusionbench missing
@@ -34,7 +34,7 @@ def built(tmp_path, capsys):
     for (variant, benchmark), score in SCORES.items():
         path = tmp_path / "eval" / POLICY["name"] / variant / f"{benchmark}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"score": score, "metric": BENCHMARKS[benchmark][1]}))
+        path.write_text(json.dumps({"score": score, "metric": "acc,none"}))
     runs = []
     for name, rows in {
         "rl/qwen3-vl-4b/prism-grpo": [(1, 0.4), (2, 0.5)],
@@ -93,3 +93,43 @@ def test_charts_draw_every_score_and_every_training_curve(built):
     assert len(list(ET.parse(out / "curves_rl.svg").getroot().iter(f"{SVG}polyline"))) == 1
     assert len(list(ET.parse(out / "curves_sft.svg").getroot().iter(f"{SVG}polyline"))) == 1
     assert "no curve recorded" in (out / "curves_align.svg").read_text()
+
+
+def test_ablation_rows_in_the_papers_layout_beside_its_numbers(tmp_path, capsys):
+    for variant, score in {"prism-grpo": 80.0, "sft-grpo": 70.0, "ablation-no_sft": 50.0}.items():
+        for benchmark in CONFIG["benchmarks"]:
+            path = tmp_path / "eval" / POLICY["name"] / variant / f"{benchmark}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"score": score}))
+    rows = [
+        ["prism-grpo (full)", "prism-grpo"],
+        ["without alignment", "sft-grpo"],
+        ["without SFT", "ablation-no_sft"],
+        ["dense 4B discriminator", "ablation-dense_discriminator"],  # not evaluated yet
+    ]
+    ablations = {
+        "policy": POLICY,
+        "rows": rows,
+        "paper_results": str(ROOT / "config" / "paper_ablations.csv"),
+    }
+    config = CONFIG | {"variants": ["sft"], "ablations": ablations}
+    out = tmp_path / "tables"
+    main(["--config", json.dumps(config), "--eval-root", str(tmp_path / "eval"), "--out", str(out)])
+    table = read_csv(out / "ablations.csv")
+    assert list(table[0]) == ["model", "setting", "variant", "MathVista", "MMMU", "HallusionBench", "Avg"]
+    assert [(r["setting"], r["Avg"]) for r in table] == [
+        ("prism-grpo (full)", "80.0"),
+        ("without alignment", "70.0"),
+        ("without SFT", "50.0"),
+        ("dense 4B discriminator", ""),
+    ]
+    assert table[0]["model"] == "Qwen3-VL-4B"
+    versus = {(r["setting"], r["benchmark"]): r for r in read_csv(out / "ablations_vs_paper.csv")}
+    # the paper's "without SFT" row: MathVista 62.4
+    assert (versus["without SFT", "MathVista"]["paper"], versus["without SFT", "MathVista"]["diff"]) == (
+        "62.4",
+        "-12.4",
+    )
+    assert versus["dense 4B discriminator", "MathVista"]["diff"] == ""
+    warnings = capsys.readouterr().err
+    assert "warning: ablation 'dense 4B discriminator' MathVista: no score in" in warnings

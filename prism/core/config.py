@@ -18,15 +18,15 @@ PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
 
-# Benchmark name -> (paper column, lmms-eval task). Which metric feeds each column is issue #7's choice.
-BENCHMARKS: dict[str, tuple[str, str]] = {
-    "mathvista": ("MathVista", "mathvista_testmini"),
-    "mathverse": ("MathVerse", "mathverse_testmini"),
-    "mathvision": ("MathVision", "mathvision_testmini"),
-    "wemath": ("WeMath", "wemath_testmini_reasoning"),
-    "mmmu": ("MMMU", "mmmu_val"),
-    "mmmu_pro": ("MMMU-Pro", "mmmu_pro"),
-    "hallusionbench": ("HallusionBench", "hallusion_bench_image"),
+# Benchmark name -> its column in the paper's tables (the task and metric measuring it: eval.scoring).
+BENCHMARKS: dict[str, str] = {
+    "mathvista": "MathVista",
+    "mathverse": "MathVerse",
+    "mathvision": "MathVision",
+    "wemath": "WeMath",
+    "mmmu": "MMMU",
+    "mmmu_pro": "MMMU-Pro",
+    "hallusionbench": "HallusionBench",
 }
 Benchmark = Literal[tuple(BENCHMARKS)]  # type: ignore[valid-type]
 
@@ -138,6 +138,8 @@ class Data(Strict):
     warmup: Dataset
     align: Dataset
     rl: Dataset
+    # Preparation stops when it would leave out more than this fraction of a set: a format mismatch.
+    max_rejected_fraction: Fraction = 0.02
 
 
 class EpochTraining(Strict):
@@ -155,11 +157,36 @@ class EpochTraining(Strict):
     resources: Resources
 
 
+class LlamaFactorySettings(Strict):
+    """How the LLaMA-Factory engine reads images, spends the GPUs and saves checkpoints."""
+
+    template: str
+    image_max_pixels: PositiveInt
+    freeze_multi_modal_projector: bool
+    preprocessing_workers: PositiveInt
+    dataloader_workers: Annotated[int, Field(ge=0)]
+    logging_steps: PositiveInt
+    save_steps: PositiveInt
+    keep_checkpoints: PositiveInt
+
+
 class Sft(EpochTraining):
     source: Source = "build"
     released: dict[str, str] = {}
     engine: Literal["llamafactory", "cpu"]
     freeze_vision_tower: bool = True
+    llamafactory: LlamaFactorySettings | None = None
+
+    def stage_slice(self) -> dict:
+        """What SFT trains with: the LLaMA-Factory block only where that engine runs."""
+        unused_engine = {"llamafactory"} if self.engine == "cpu" else set()
+        return self.model_dump(exclude={"resources", "source", "released", *unused_engine})
+
+    @model_validator(mode="after")
+    def _engine_settings(self):
+        if self.engine == "llamafactory" and self.llamafactory is None:
+            raise ValueError("engine 'llamafactory' needs its settings under sft.llamafactory")
+        return self
 
 
 class Upcycle(Strict):
@@ -308,6 +335,35 @@ class Rl(OnPolicyTraining):
         return self
 
 
+class Scoring(Strict):
+    """Which lmms-eval task(s) and metric measure a benchmark, on which scale, and which judge environment
+    the tasks read (lmms-eval's task families read different variables: integration-reference §5.4)."""
+
+    tasks: Annotated[list[str], Field(min_length=1)]
+    metric: str
+    scale: Literal[1, 100]  # 100 turns a 0-1 fraction into the tables' percent
+    judge: Literal["none", "llm_judge", "openai", "reasoning"] = "none"
+
+
+class Judge(Strict):
+    """The LLM judge: a vLLM OpenAI server on the evaluation job's first GPU, checked healthy before use."""
+
+    model: str
+    port: PositiveInt
+    max_model_len: PositiveInt
+    gpu_memory_utilization: Annotated[float, Field(gt=0, lt=1)]
+    startup_timeout_s: PositiveInt
+
+
+class LmmsEvalSettings(Strict):
+    """How lmms-eval's vLLM model runs on the job's other GPUs."""
+
+    tensor_parallel: PositiveInt
+    gpu_memory_utilization: Annotated[float, Field(gt=0, lt=1)]
+    batch_size: PositiveInt
+    max_pixels: PositiveInt
+
+
 class Eval(Strict):
     engine: Literal["lmms_eval", "cpu"]
     temperature: Annotated[float, Field(ge=0)]
@@ -316,14 +372,66 @@ class Eval(Strict):
     seed: int = 1
     variants: list[str]
     benchmarks: list[Benchmark]
+    scoring: dict[Benchmark, Scoring]
+    judge: Judge | None = None
+    lmms_eval: LmmsEvalSettings | None = None
     synthetic: Synthetic | None = None  # the CPU engine's held-out sets; lmms-eval brings its own
     resources: Resources
 
     @model_validator(mode="after")
-    def _cpu_needs_synthetic_sets(self):
-        if self.engine == "cpu" and self.synthetic is None:
-            raise ValueError("engine 'cpu' evaluates on synthetic sets: add eval.synthetic {examples, seed}")
+    def _engine_needs(self):
+        unscored = [b for b in self.benchmarks if b not in self.scoring]
+        if unscored:
+            raise ValueError(f"no eval.scoring for {unscored}")
+        if self.engine == "cpu":
+            if self.synthetic is None:
+                raise ValueError("engine 'cpu' evaluates on synthetic sets: add eval.synthetic")
+            several = [b for b in self.benchmarks if len(self.scoring[b].tasks) != 1]
+            if several:
+                raise ValueError(f"engine 'cpu' scores one task per benchmark; {several} list several")
+        elif self.judge is None or self.lmms_eval is None:
+            raise ValueError("engine 'lmms_eval' needs eval.judge and eval.lmms_eval")
+        elif self.resources.nodes != 1 or self.resources.gpus < 2:
+            raise ValueError("engine 'lmms_eval' runs on one node with at least 2 GPUs (one for the judge)")
         return self
+
+    def stage_slice(self) -> dict:
+        """What an evaluation job measures with: not the variants, sets or resources of the whole plan."""
+        unused = {"judge", "lmms_eval"} if self.engine == "cpu" else {"synthetic"}
+        return self.model_dump(exclude={"resources", "variants", *unused})
+
+
+# An ablation setting -> (its row in paper_ablations.csv, the evaluation variant that measures it).
+ABLATIONS: dict[str, tuple[str, str]] = {
+    "full": ("prism-{algo} (full)", "prism-{algo}"),
+    "no_alignment": ("without alignment", "sft-{algo}"),
+    "no_sft": ("without SFT", "ablation-no_sft"),
+    "dense_discriminator": ("dense 4B discriminator", "ablation-dense_discriminator"),
+}
+
+
+class Ablations(Strict):
+    """Rows of the paper's ablation table for one policy and RL algorithm, beside the full recipe.
+    `no_sft` aligns the base model; `dense_discriminator` warms a dense model and aligns with it;
+    `no_alignment` is the SFT-initialised RL run."""
+
+    policy: str
+    algorithm: Algorithm
+    settings: list[Literal["no_alignment", "no_sft", "dense_discriminator"]]
+    dense_discriminator: str  # a key of models
+    paper_results: str
+
+    def rows(self) -> list[tuple[str, str]]:
+        """(paper label, evaluation variant) of each configured row, the full recipe first."""
+        return [
+            (label.format(algo=self.algorithm), variant.format(algo=self.algorithm))
+            for setting, (label, variant) in ABLATIONS.items()
+            if setting == "full" or setting in self.settings
+        ]
+
+    def trained(self) -> list[str]:
+        """The settings that train their own chain (the others reuse runs of the main table)."""
+        return [s for s in self.settings if ABLATIONS[s][1].startswith("ablation-")]
 
 
 class Tables(Strict):
@@ -343,6 +451,7 @@ class Config(Strict):
     rl: Rl
     eval: Eval
     tables: Tables
+    ablations: Ablations | None = None
 
     @model_validator(mode="after")
     def _cross_references(self):
@@ -356,6 +465,10 @@ class Config(Strict):
             problems.append(
                 f"discriminator.model: {self.discriminator.model!r} is not in models {sorted(self.models)}"
             )
+        if self.eval.engine == "lmms_eval" and self.eval.judge.model not in self.models:
+            judge = self.eval.judge.model
+            problems.append(f"eval.judge.model: {judge!r} is not in models {sorted(self.models)}")
+        problems += self._ablation_problems()
         allowed = self.variant_names()
         for i, variant in enumerate(self.eval.variants):
             if variant not in allowed:
@@ -379,6 +492,27 @@ class Config(Strict):
         """Every table row a policy can have: base, SFT, aligned, and each (init, algorithm) RL run."""
         rl = [f"{init}-{algo}" for init in self.rl.inits for algo in self.rl.algorithms]
         return ["instruct", "sft", "prism", *rl]
+
+    def evaluated_variants(self) -> list[str]:
+        """What the evaluation rule may be asked for: the table's rows and the ablation rows."""
+        ablation = [variant for _, variant in self.ablations.rows()] if self.ablations else []
+        return list(dict.fromkeys([*self.variant_names(), *ablation]))
+
+    def _ablation_problems(self) -> list[str]:
+        ablations = self.ablations
+        if ablations is None:
+            return []
+        problems = []
+        if ablations.policy not in {p.name for p in self.policies}:
+            problems.append(f"ablations.policy: {ablations.policy!r} is not one of the policies")
+        if ablations.dense_discriminator not in self.models:
+            problems.append(
+                f"ablations.dense_discriminator: {ablations.dense_discriminator!r} is not in models "
+                f"{sorted(self.models)}"
+            )
+        if ablations.algorithm not in self.rl.algorithm:
+            problems.append(f"ablations.algorithm: no settings under rl.algorithm.{ablations.algorithm}")
+        return problems
 
     def stage_resources(self) -> list[tuple[Resources, str]]:
         return [

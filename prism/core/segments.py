@@ -33,6 +33,12 @@ def parse_response(text: str) -> Segments:
     return Segments(valid=True, caption=caption, reasoning=reasoning, answer=answer.strip())
 
 
+def first_answer(text: str) -> str:
+    """The first `<answer>` block's content, stripped; "" when there is none."""
+    match = _FIRST_ANSWER.search(text)
+    return match.group(1).strip() if match else ""
+
+
 def format_response(caption: str, reasoning: str, answer: str) -> str:
     """The reference layout of a teacher response, from the bare texts of its three parts."""
     return f"<caption>\n{caption}\n</caption>\n<think>\n{reasoning}\n</think>\n<answer>\n{answer}\n</answer>"

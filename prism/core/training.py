@@ -138,14 +138,17 @@ def parse_slice(text: str) -> dict:
         sys.exit(f"--config is not valid JSON: {err}")
 
 
-def stage_parser(prog: str, description: str, inputs: tuple[str, ...]):
-    """The arguments every stage takes: its config slice, its inputs, its output and work directories."""
+def stage_parser(prog: str, description: str, inputs: tuple[str, ...], optional: tuple[str, ...] = ()):
+    """The arguments every stage takes: its config slice, its inputs, its output and work directories.
+    `optional` inputs are those only some engines read."""
     import argparse
 
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--config", required=True, type=parse_slice, help="the rule's config slice, JSON")
     for name in inputs:
         parser.add_argument(f"--{name}", required=True, type=Path, help=f"input artifact directory: {name}")
+    for name in optional:
+        parser.add_argument(f"--{name}", type=Path, help=f"input artifact directory: {name} (some engines)")
     parser.add_argument("--out", required=True, type=Path, help="artifact directory; manifest.json last")
     parser.add_argument("--work", required=True, type=Path, help="resumable state, kept across failures")
     parser.add_argument("--threads", type=int, default=1)
@@ -172,9 +175,10 @@ def run_stage(
     runners: dict[str, Callable],
     engine: Callable[[dict], str] | None = None,
     argv: list[str] | None = None,
+    optional: tuple[str, ...] = (),
 ) -> None:
     """Entry point of a stage: parse, refuse an engine this version lacks, run in a keyed work directory."""
-    args = stage_parser(f"python -m prism.{stage}", description, inputs).parse_args(argv)
+    args = stage_parser(f"python -m prism.{stage}", description, inputs, optional).parse_args(argv)
     chosen = engine(args.config) if engine else "cpu"
     if chosen not in runners:
         sys.exit(
@@ -182,10 +186,11 @@ def run_stage(
             f"issue #{issue}). Set the engine to cpu for tiny runs, or the stage's source to released to use "
             "the authors' checkpoint."
         )
-    args.inputs = [getattr(args, name) for name in inputs]
+    given = [name for name in (*inputs, *optional) if getattr(args, name) is not None]
+    args.inputs = [getattr(args, name) for name in given]
     unfinished = [
         f"--{name} {path}"
-        for name, path in zip(inputs, args.inputs, strict=True)
+        for name, path in zip(given, args.inputs, strict=True)
         if not (path / "manifest.json").exists()
     ]
     if unfinished:

@@ -1,7 +1,8 @@
-"""Fetch or build one input artifact: `python -m prism.data {model,dataset,benchmarks} ...`.
+"""Fetch, build or prepare one input artifact: `python -m prism.data {model,dataset,benchmarks,prepare} ...`.
 
 A `hf` source downloads a Hugging Face repo (token from the environment or the login cache, never from
-the command line); `tiny` / `synthetic` sources build offline. The manifest is written last.
+the command line); `tiny` / `synthetic` sources build offline; `prepare` checks a fetched data set row by
+row and writes what its stage reads (prism/data/prepare.py). The manifest is written last.
 """
 
 from __future__ import annotations
@@ -39,7 +40,11 @@ def download(hf: dict, out: Path, repo_type: str) -> dict:
             allow_patterns=hf.get("files") or None,
             local_dir=target,
         )
-        files[repo] = sorted(str(p.relative_to(out)) for p in target.rglob("*") if p.is_file())
+        files[repo] = {
+            str(p.relative_to(out)): p.stat().st_size
+            for p in sorted(target.rglob("*"))
+            if p.is_file() and p.name != MANIFEST and ".cache" not in p.relative_to(out).parts
+        }
     return {"repos": repos, "revision": hf.get("revision", "main"), "commits": commits, "files": files}
 
 
@@ -56,6 +61,30 @@ def check_discriminator(path: Path) -> list[int]:
     if tuple(head.shape) != (1, hidden):
         sys.exit(f"{path}: value head of shape {tuple(head.shape)} does not fit hidden size {hidden}")
     return list(head.shape)
+
+
+POLICY_FILES = ("config.json", "tokenizer_config.json", "preprocessor_config.json")
+
+
+def check_policy(path: Path) -> dict:
+    """A downloaded policy must be a complete Qwen3-VL checkpoint: config, every weight shard, tokenizer
+    and processor; otherwise no manifest is written and the stages never see it."""
+    missing = [name for name in POLICY_FILES if not (path / name).is_file()]
+    if missing:
+        sys.exit(f"{path}: not a complete checkpoint, missing {missing}")
+    model_type = json.loads((path / "config.json").read_text()).get("model_type", "")
+    if not model_type.startswith("qwen3_vl"):
+        sys.exit(f"{path}: model_type {model_type!r} is not a Qwen3-VL model")
+    index = path / "model.safetensors.index.json"
+    shards = (
+        sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        if index.is_file()
+        else ["model.safetensors"]
+    )
+    absent = [shard for shard in shards if not (path / shard).is_file()]
+    if absent:
+        sys.exit(f"{path}: weight files {absent} are missing; rerun to finish the download")
+    return {"model_type": model_type, "weight_bytes": sum((path / shard).stat().st_size for shard in shards)}
 
 
 def verl_row(example: synthetic.Example, index: int, split: str) -> dict:
@@ -177,9 +206,11 @@ def checked_spec(args) -> dict:
 
     from prism.core.config import Dataset, Model
 
-    if args.kind == "dataset" and args.name not in DATASETS:
+    if args.kind in ("dataset", "prepare") and args.name not in DATASETS:
         sys.exit(f"python -m prism.data: unknown dataset {args.name!r}; one of {', '.join(DATASETS)}")
     spec = parse_slice(args.config)
+    if args.kind == "prepare":
+        return spec
     try:
         (Model if args.kind == "model" else Dataset).model_validate(spec)
     except ValidationError as err:
@@ -193,6 +224,7 @@ def checked_spec(args) -> dict:
 
 def download_or_explain(hf: dict, out: Path, repo_type: str) -> dict:
     """A failed download stops with what to do; files already fetched stay for the rerun to resume."""
+    from httpx import HTTPError  # the Hub unreachable, or a connection dropped mid-file
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError
 
     try:
@@ -202,7 +234,7 @@ def download_or_explain(hf: dict, out: Path, repo_type: str) -> dict:
             f"download of {hf['repo']} refused: the repo is gated. Accept its licence on huggingface.co, "
             "then set HF_TOKEN or run `hf auth login`; mark it hf.gated in the config so preflight checks it."
         )
-    except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as err:
+    except (HfHubHTTPError, LocalEntryNotFoundError, HTTPError, OSError) as err:
         sys.exit(
             f"download of {hf['repo']} (revision {hf.get('revision', 'main')}) into {out} failed: "
             f"{type(err).__name__}: {str(err).splitlines()[0]}. No manifest was written; check the repo id, "
@@ -210,9 +242,29 @@ def download_or_explain(hf: dict, out: Path, repo_type: str) -> dict:
         )
 
 
+def prepare_dataset(args, spec: dict, out: Path, started: float) -> None:
+    from prism.core.errors import InputError
+    from prism.data.prepare import prepare
+
+    if not args.raw:
+        sys.exit("python -m prism.data prepare: --raw DIR is required")
+    raw = Path(args.raw)
+    try:
+        report = prepare(args.name, raw, out, spec["max_rejected_fraction"])
+    except InputError as err:
+        sys.exit(f"preparing {args.name} from {raw} failed, no manifest written: {err}")
+    rejected = report["read"] - report["kept"]
+    print(f"{args.name}: kept {report['kept']} of {report['read']} rows", flush=True)
+    for reason, count in report["rejected"].items():
+        print(f"  rejected {count}: {reason} (first at {report['first_rejected_at'][reason]})", flush=True)
+    if not rejected:
+        print("  none rejected", flush=True)
+    write_manifest(out / MANIFEST, f"prepare:{args.name}", [raw / MANIFEST], spec, report, started)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m prism.data", description=__doc__)
-    parser.add_argument("kind", choices=["model", "dataset", "benchmarks"])
+    parser.add_argument("kind", choices=["model", "dataset", "benchmarks", "prepare"])
     parser.add_argument("--name", required=True)
     parser.add_argument("--config", required=True, help="the rule's config slice, JSON")
     parser.add_argument("--out", required=True, help="artifact directory; its manifest.json is written last")
@@ -220,11 +272,14 @@ def main(argv: list[str] | None = None) -> None:
         "--expect",
         choices=["policy", "discriminator"],
         default="policy",
-        help="what a downloaded model must be; a discriminator must carry its value head",
+        help="what a downloaded model must be: a whole Qwen3-VL checkpoint; a discriminator has a value head",
     )
+    parser.add_argument("--raw", help="prepare: the fetched data set's directory")
     args = parser.parse_args(argv)
     spec, out, started = checked_spec(args), Path(args.out), time.time()
     out.mkdir(parents=True, exist_ok=True)
+    if args.kind == "prepare":
+        return prepare_dataset(args, spec, out, started)
     if spec["source"] == "hf":
         facts = download_or_explain(spec["hf"], out, "model" if args.kind == "model" else "dataset")
     elif args.kind == "model":
@@ -238,6 +293,8 @@ def main(argv: list[str] | None = None) -> None:
         facts = build_dataset(args.name, spec["synthetic"], out)
     if args.expect == "discriminator":
         facts["value_head"] = check_discriminator(out)
+    elif spec["source"] == "hf" and args.kind == "model":
+        facts["checkpoint"] = check_policy(out)
     write_manifest(out / MANIFEST, f"{args.kind}:{args.name}", [], spec, metrics=facts, started=started)
     print(json.dumps(facts))
 

@@ -81,7 +81,13 @@ def read_sft_examples(directory: str | Path) -> list[dict]:
     rows = []
     for entry in info.values():
         source = directory / entry["file_name"]
-        for i, example in enumerate(parse_json(read_text(source), str(source))):
+        text = read_text(source)
+        if source.suffix == ".jsonl":
+            lines = enumerate(text.splitlines(), start=1)
+            examples = [parse_json(line, f"{source}:{n}") for n, line in lines if line]
+        else:
+            examples = parse_json(text, str(source))
+        for i, example in enumerate(examples):
             turns = {m.get("role"): m.get("content") for m in example.get("messages", [])}
             if len(example.get("images", [])) != 1 or "assistant" not in turns or "user" not in turns:
                 raise DataError(f"{source}: example {i} needs one image, a user turn and an assistant reply")

@@ -79,7 +79,8 @@ def warmup_stage(args) -> None:
     cfg = args.config["warmup"]
     setup(args.threads, cfg["seed"])
     text_config = model_config(args.model).get("text_config", {})
-    if not (text_config.get("num_experts") or text_config.get("num_local_experts")):
+    moe = bool(text_config.get("num_experts") or text_config.get("num_local_experts"))
+    if args.config["architecture"] == "moe" and not moe:
         raise InputError(
             f"{args.model}: a dense model (its text_config has no experts), but the warmup trains the "
             "upcycled MoE discriminator; point --model at the upcycle stage's output"
@@ -107,7 +108,7 @@ def warmup_stage(args) -> None:
     world, rank = accelerator.num_processes, accelerator.process_index
     disc = Discriminator(load_model(args.model), args.config["value_head_dropout"])
     before = heldout_metrics(disc, processor, heldout, cfg["batch_size"]) if heldout and rank == 0 else {}
-    aux_coef = disc.backbone.config.text_config.router_aux_loss_coef
+    aux_coef = disc.backbone.config.text_config.router_aux_loss_coef if moe else 0.0  # no router to balance
     global_batch = cfg["batch_size"] * world
     total = max(1, math.ceil(len(pairs) / global_batch) * cfg["epochs"] // cfg["grad_accum"])
     optimizer, schedule = optimizer_and_schedule(disc.parameters(), cfg, total)

@@ -1,10 +1,17 @@
 """Evaluate one model on every configured benchmark:
-`python -m prism.eval --config JSON --model DIR --data BENCH_DIR --out DIR --work DIR`."""
+`python -m prism.eval --config JSON --model DIR --out DIR --work DIR` with `--data BENCH_DIR` (cpu engine:
+the synthetic sets) or `--judge MODEL_DIR` (lmms_eval engine: the judge served beside the model)."""
 
 from prism.core.training import run_stage
-from prism.eval.cpu import run
+from prism.eval import cpu, lmms
 
 if __name__ == "__main__":
     run_stage(
-        "eval", __doc__, ("model", "data"), issue=7, runners={"cpu": run}, engine=lambda cfg: cfg["engine"]
+        "eval",
+        __doc__,
+        ("model",),
+        issue=7,
+        runners={"cpu": cpu.run, "lmms_eval": lmms.run},
+        engine=lambda cfg: cfg["engine"],
+        optional=("data", "judge"),
     )

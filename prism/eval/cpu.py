@@ -1,5 +1,5 @@
-"""CPU evaluator: generate with the paper's sampling, grade with the RL reward's answer check, and write
-lmms-eval's result schema inside our fixed per-benchmark JSON."""
+"""CPU evaluator: generate with the paper's sampling, grade with the RL reward's answer check, write the
+result in lmms-eval's schema and normalise it as the lmms-eval engine's is (prism/eval/normalise.py)."""
 
 from __future__ import annotations
 
@@ -8,25 +8,30 @@ import time
 
 import torch
 
-from prism.core.config import BENCHMARKS
+from prism.core.errors import InputError
 from prism.core.manifest import MANIFEST, write_json_atomic, write_manifest
 from prism.core.modeling import generate, load_model, load_processor
 from prism.core.reward import compute_score
 from prism.core.training import setup
 from prism.data.formats import RL_COLUMNS, read_parquet_rows
+from prism.eval.normalise import benchmark_record
 
-METRIC = "acc,none"
 BATCH = 32
 
 
-def lmms_eval_result(task: str, accs: list[float], formats: list[float]) -> dict:
-    """The part of lmms-eval's results.json the tables read: results[task][metric], n-samples."""
+def lmms_eval_result(task: str, metric: str, accs: list[float], formats: list[float]) -> dict:
+    """The part of lmms-eval's results.json that normalisation reads: results[task][metric], n-samples."""
     n = len(accs)
     mean = sum(accs) / n
     stderr = math.sqrt(mean * (1 - mean) / (n - 1)) if n > 1 else 0.0
     return {
         "results": {
-            task: {"alias": task, METRIC: mean, "acc_stderr,none": stderr, "format,none": sum(formats) / n}
+            task: {
+                "alias": task,
+                f"{metric},none": mean,
+                f"{metric}_stderr,none": stderr,
+                "format,none": sum(formats) / n,
+            }
         },
         "n-samples": {task: {"original": n, "effective": n}},
     }
@@ -34,6 +39,8 @@ def lmms_eval_result(task: str, accs: list[float], formats: list[float]) -> dict
 
 def run(args) -> None:
     cfg, started = args.config, time.time()
+    if args.data is None:
+        raise InputError("the cpu engine evaluates on synthetic sets: give --data BENCH_DIR")
     setup(args.threads, cfg["seed"])
     processor, model = load_processor(args.model), load_model(args.model)
     summary = {}
@@ -50,16 +57,9 @@ def run(args) -> None:
                 score = compute_score(text, row["ground_truth"])
                 accs.append(score["acc"])
                 formats.append(score["format"])
-        task = BENCHMARKS[benchmark][1]
-        raw = lmms_eval_result(task, accs, formats)
-        result = {
-            "benchmark": benchmark,
-            "task": task,
-            "metric": METRIC,
-            "score": 100 * raw["results"][task][METRIC],
-            "n_samples": len(rows),
-            "lmms_eval": raw,
-        }
+        scoring = cfg["scoring"][benchmark]
+        raw = lmms_eval_result(scoring["tasks"][0], scoring["metric"], accs, formats)
+        result = benchmark_record(benchmark, scoring, raw)
         write_json_atomic(args.out / f"{benchmark}.json", result)
         summary[benchmark] = result["score"]
         print(f"{benchmark}: {result['score']:.1f} ({len(rows)} samples)", flush=True)

@@ -4,7 +4,9 @@
 
 Writes main.csv (policy, variant, one column per benchmark, Avg), main_vs_paper.csv (each cell beside the
 published number and the difference), ours_vs_paper.svg, and curves_<stage>.svg from the metrics.csv
-beside each trained artifact given with --runs. A missing score leaves its cell empty, never zero.
+beside each trained artifact given with --runs. With ablation rows configured, also ablations.csv in the
+layout of the paper's ablation table and ablations_vs_paper.csv. A missing score leaves its cell empty,
+never zero.
 """
 
 from __future__ import annotations
@@ -66,10 +68,8 @@ def score_grid(cfg: dict, eval_root: Path) -> tuple[dict, list[str]]:
                 path = eval_root / policy["name"] / variant / f"{benchmark}.json"
                 score = read_score(path)
                 if score is None:
-                    missing.append(
-                        f"{policy['name']} {variant} {BENCHMARKS[benchmark][0]}: no score in {path}"
-                    )
-                grid[policy["name"], variant, BENCHMARKS[benchmark][0]] = score
+                    missing.append(f"{policy['name']} {variant} {BENCHMARKS[benchmark]}: no score in {path}")
+                grid[policy["name"], variant, BENCHMARKS[benchmark]] = score
                 row.append(score)
             grid[policy["name"], variant, "Avg"] = average(row)
     return grid, missing
@@ -93,6 +93,32 @@ def versus_rows(cfg: dict, grid: dict, columns: list[str], paper: dict) -> list[
                 diff = None if ours is None or theirs is None else ours - theirs
                 rows.append([policy["name"], variant, column, cell(ours), cell(theirs), cell(diff)])
     return rows
+
+
+def ablation_tables(ablations: dict, benchmarks: list[str], eval_root: Path, columns: list[str]):
+    """The ablation rows (setting, the variant measuring it) of one policy, ours and beside the paper's."""
+    policy, missing = ablations["policy"], []
+    with Path(ablations["paper_results"]).open() as handle:
+        paper = {(r["model"], r["setting"]): r for r in csv.DictReader(handle)}
+    ours = [["model", "setting", "variant", *columns]]
+    versus = [["model", "setting", "benchmark", "ours", "paper", "diff"]]
+    for setting, variant in ablations["rows"]:
+        scores = []
+        for benchmark in benchmarks:
+            path = eval_root / policy["name"] / variant / f"{benchmark}.json"
+            scores.append(read_score(path))
+            if scores[-1] is None:
+                missing.append(f"ablation {setting!r} {BENCHMARKS[benchmark]}: no score in {path}")
+        values = dict(zip(columns, [*scores, average(scores)], strict=True))
+        ours.append(
+            [policy["paper_name"] or policy["name"], setting, variant, *(cell(values[c]) for c in columns)]
+        )
+        published = paper.get((policy["paper_name"], setting), {})
+        for column in columns:
+            theirs = float(published[column]) if published.get(column) else None
+            diff = None if values[column] is None or theirs is None else values[column] - theirs
+            versus.append([policy["name"], setting, column, cell(values[column]), cell(theirs), cell(diff)])
+    return ours, versus, missing
 
 
 def write_csv(path: Path, rows: list[list[str]]) -> None:
@@ -122,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", nargs="*", type=Path, default=[], help="trained artifact directories")
     args = parser.parse_args(argv)
     cfg = args.config
-    columns = [BENCHMARKS[b][0] for b in cfg["benchmarks"]] + ["Avg"]
+    columns = [BENCHMARKS[b] for b in cfg["benchmarks"]] + ["Avg"]
     grid, missing = score_grid(cfg, args.eval_root)
     for line in missing:
         print(f"warning: {line}; its cell and the row's Avg stay empty", file=sys.stderr)
@@ -130,6 +156,12 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     write_csv(args.out / "main.csv", main_rows(cfg, grid, columns))
     write_csv(args.out / "main_vs_paper.csv", versus_rows(cfg, grid, columns, paper))
+    if cfg["ablations"]:
+        ours, versus, missing = ablation_tables(cfg["ablations"], cfg["benchmarks"], args.eval_root, columns)
+        for line in missing:
+            print(f"warning: {line}; its cell and the row's Avg stay empty", file=sys.stderr)
+        write_csv(args.out / "ablations.csv", ours)
+        write_csv(args.out / "ablations_vs_paper.csv", versus)
     for policy in cfg["policies"]:
         ours = {(v, c): grid[policy["name"], v, c] for v in cfg["variants"] for c in columns}
         theirs = {

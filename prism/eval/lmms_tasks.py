@@ -1,0 +1,234 @@
+"""Our lmms-eval task variants, under `prism_` names that lmms-eval's built-in tasks cannot shadow
+(method-reference §6.4: with `--include_path`, a built-in task of the same name wins silently).
+
+Each variant is rendered at job time as a YAML that `include:`s the installed built-in task by absolute
+path and overrides only what PRISM changes (§6.3): the task name, the answer read from the first
+`<answer>` block before the built-in scoring, the token limit, no inherited tags, and a `metadata.source`
+that the results file keeps, so a run can be checked to have used our variant. The wrappers below are
+what the rendered YAMLs name with `!function`; lmms-eval imports them from this installed package.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from prism.core.segments import first_answer
+
+SOURCE = "prism"
+# Base URL of the judge's OpenAI API (the evaluation job sets it); unset, no sample goes to a judge.
+JUDGE_URL = "PRISM_JUDGE_URL"
+JUDGE_PROMPT = (
+    "You are a strict evaluator. Decide whether the model's final answer to the question is equivalent "
+    "to the reference answer.\n\nQuestion:\n{question}\n\nReference answer:\n{truth}\n\n"
+    "Model response:\n{response}\n\nOutput 1 if the final answer is equivalent, 0 if it is not. "
+    "Output only the digit."
+)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """What our task changes in a built-in one. `scorer` is the built-in process_results (module:function)
+    that gets the `<answer>` content; None where the built-in reads `<answer>` itself. `verdict` reads the
+    rule's decision from a scored sample and `accept` marks it correct: with both, a sample the rule
+    calls wrong goes to the judge (PRISM's fallback, method-reference §6.3)."""
+
+    builtin_yaml: str
+    max_new_tokens: int
+    scorer: str | None = None
+    verdict: Callable[[dict, dict], bool] | None = None
+    accept: Callable[[dict, dict], dict] | None = None
+
+
+def _mathvista_verdict(doc: dict, scored: dict) -> bool:
+    return bool(scored["llm_as_judge_eval"]["true_false"])
+
+
+def _mathvista_accept(doc: dict, scored: dict) -> dict:
+    judged = dict(scored["llm_as_judge_eval"], true_false=True)
+    return dict(scored, llm_as_judge_eval=judged, submission=judged)
+
+
+def _mmmu_verdict(doc: dict, scored: dict) -> bool:
+    from lmms_eval.tasks.mmmu.utils import eval_multi_choice, eval_open
+
+    sample = scored["mmmu_acc"]
+    check = eval_multi_choice if sample["question_type"] == "multiple-choice" else eval_open
+    return any(check(sample["answer"], pred) for pred in sample["parsed_pred"])
+
+
+def _mmmu_accept(doc: dict, scored: dict) -> dict:
+    from lmms_eval.tasks.mmmu.utils import normalize_str
+
+    sample = scored["mmmu_acc"]
+    multi = sample["question_type"] == "multiple-choice"
+    parsed = [sample["answer"]] if multi else [normalize_str(str(sample["answer"]))[0]]
+    judged = dict(sample, parsed_pred=parsed)
+    return dict(scored, mmmu_acc=judged, mmmu_acc_pass_at_k=judged)
+
+
+def _mmmu_pro_verdict(doc: dict, scored: dict) -> bool:
+    from lmms_eval.tasks.mmmu_pro.utils import eval_multi_choice
+
+    return bool(eval_multi_choice(scored["mmmu_acc"]["answer"], scored["mmmu_acc"]["parsed_pred"]))
+
+
+def _mmmu_pro_accept(doc: dict, scored: dict) -> dict:
+    return dict(scored, mmmu_acc=dict(scored["mmmu_acc"], parsed_pred=scored["mmmu_acc"]["answer"]))
+
+
+VARIANTS: dict[str, Variant] = {
+    "prism_mathvista_testmini_cot": Variant(
+        "mathvista/mathvista_testmini_cot.yaml",
+        16384,
+        "mathvista.utils:mathvista_process_results",
+        _mathvista_verdict,
+        _mathvista_accept,
+    ),
+    "prism_mathverse_testmini": Variant(  # its scoring is a judge already
+        "mathverse/mathverse_testmini.yaml", 16384, "mathverse.utils:mathverse_process_results"
+    ),
+    "prism_mathvision_testmini": Variant(
+        "mathvision/mathvision_testmini.yaml", 24576, "mathvision.utils:mathvision_process_results"
+    ),
+    "prism_wemath_testmini_reasoning": Variant(  # reads <answer>; its judge is USE_LLM_JUDGE
+        "wemath/reasoning/wemath_testmini_thinking.yaml", 49152
+    ),
+    "prism_mmmu_val": Variant(
+        "mmmu/mmmu_val.yaml", 8192, "mmmu.utils:mmmu_process_results", _mmmu_verdict, _mmmu_accept
+    ),
+    "prism_mmmu_pro_vision": Variant(
+        "mmmu_pro/mmmu_pro_vision.yaml",
+        8192,
+        "mmmu_pro.utils:mmmu_pro_process_results",
+        _mmmu_pro_verdict,
+        _mmmu_pro_accept,
+    ),
+    "prism_mmmu_pro_standard": Variant(
+        "mmmu_pro/mmmu_pro_standard.yaml",
+        8192,
+        "mmmu_pro.utils:mmmu_pro_process_results",
+        _mmmu_pro_verdict,
+        _mmmu_pro_accept,
+    ),
+    "prism_hallusion_bench_image": Variant(  # yes/no rules first, then its own judge
+        "hallusion_bench/hallusion_bench_image.yaml", 8192, "hallusion_bench.evaluate_hb:hb_process_results"
+    ),
+}
+
+
+def answers_only(results: list) -> list:
+    """Each response reduced to its first `<answer>` block; a response without one is passed whole."""
+    return [(first_answer(r) or r) if isinstance(r, str) else r for r in results]
+
+
+def builtin(reference: str):
+    module, name = reference.split(":")
+    return getattr(importlib.import_module(f"lmms_eval.tasks.{module}"), name)
+
+
+def question_of(doc: dict) -> str:
+    options = doc.get("options") or doc.get("choices")
+    question = str(doc.get("query") or doc.get("question") or "")
+    return f"{question}\nOptions: {options}" if options and "query" not in doc else question
+
+
+def judge_agrees(question: str, truth: str, response: str, attempts: int = 3) -> bool:
+    """The judge's binary verdict. A judge that cannot be reached stops the run: a silently skipped
+    fallback would lower the score without a trace (method-reference §6.4)."""
+    url = os.environ.get(JUDGE_URL)
+    if not url:
+        return False
+    prompt = JUDGE_PROMPT.format(question=question, truth=truth, response=response)
+    body = {
+        "model": "judge",
+        "messages": [{"role": "user", "content": prompt}],
+        "temperature": 0,
+        "max_tokens": 8,
+    }
+    request = urllib.request.Request(
+        f"{url}/chat/completions", json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+    for attempt in range(attempts):
+        try:
+            with urllib.request.urlopen(request, timeout=300) as reply:
+                return json.load(reply)["choices"][0]["message"]["content"].strip().startswith("1")
+        except (OSError, ValueError, KeyError) as err:
+            if attempt == attempts - 1:
+                raise RuntimeError(f"judge at {url} failed {attempts} times: {err}") from err
+            time.sleep(2**attempt)
+    return False
+
+
+def answer_first(task: str):
+    """process_results of `task`: the built-in one given the `<answer>` content, then the judge for a
+    sample the rule calls wrong, shown the whole response as PRISM's fallback does."""
+    variant = VARIANTS[task]
+    scorer = builtin(variant.scorer)
+
+    def process_results(doc, results):
+        scored = scorer(doc, answers_only(results))
+        if variant.verdict and not variant.verdict(doc, scored):
+            if judge_agrees(question_of(doc), str(doc["answer"]), str(results[0])):
+                scored = variant.accept(doc, scored)
+        return scored
+
+    process_results.__name__ = f"{task}_process_results"
+    return process_results
+
+
+def __getattr__(name: str):
+    """`prism.eval.lmms_tasks.<task>_process_results`, made on first use (lmms-eval imports it by name)."""
+    task = name.removesuffix("_process_results")
+    if name.endswith("_process_results") and task in VARIANTS and VARIANTS[task].scorer:
+        return answer_first(task)
+    raise AttributeError(name)
+
+
+class Function(str):
+    """lmms-eval's `!function module.name` reference."""
+
+
+class TaskDumper(yaml.SafeDumper):
+    pass
+
+
+TaskDumper.add_representer(Function, lambda dumper, value: dumper.represent_scalar("!function", value))
+
+
+def variant_config(task: str, builtin_tasks: Path, extra: dict | None = None) -> dict:
+    variant = VARIANTS[task]
+    config = {
+        "include": str(builtin_tasks / variant.builtin_yaml),
+        "task": task,
+        "tag": [],
+        "generation_kwargs": {"max_new_tokens": variant.max_new_tokens},
+        "metadata": {"source": SOURCE, "builtin": variant.builtin_yaml},
+    }
+    if variant.scorer:
+        config["process_results"] = Function(f"prism.eval.lmms_tasks.{task}_process_results")
+    return config | (extra or {})
+
+
+def write_tasks(tasks: list[str], directory: Path, builtin_tasks: Path | None = None) -> Path:
+    """Render our variants of `tasks` into `directory` (lmms-eval's --include_path)."""
+    if builtin_tasks is None:
+        import lmms_eval.tasks
+
+        builtin_tasks = Path(lmms_eval.tasks.__file__).parent
+    unknown = [task for task in tasks if task not in VARIANTS]
+    if unknown:
+        raise ValueError(f"no prism variant of lmms-eval tasks {unknown}; ours are {sorted(VARIANTS)}")
+    directory.mkdir(parents=True, exist_ok=True)
+    for task in tasks:
+        rendered = yaml.dump(variant_config(task, builtin_tasks), Dumper=TaskDumper)
+        (directory / f"{task}.yaml").write_text(rendered)
+    return directory

@@ -1,0 +1,335 @@
+"""Evaluation with lmms-eval: the metric each paper column reads, the judge each task family reaches, the
+command and chat template of a run, the judge server's health check, and, in lmms-eval's own environment,
+our task variants loaded under their own names and a real results file parsed into the fixed record."""
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from prism.core.config import load_config
+from prism.core.prompts import SYSTEM_PROMPT
+from prism.eval.lmms import chat_template, judge_environment, judge_server, lmms_eval_command
+from prism.eval.lmms_tasks import VARIANTS
+from prism.eval.normalise import ResultsError, benchmark_record, normalise
+
+LMMS_PYTHON = ROOT / ".venv-lmms-eval" / "bin" / "python"
+
+
+@pytest.fixture
+def paper_eval(paper_config) -> dict:
+    return load_config(paper_config).eval.stage_slice()
+
+
+def lmms_results(values: dict[str, dict[str, float]]) -> dict:
+    """lmms-eval's results.json shape: results[task]["<metric>,none"] and n-samples[task]."""
+    return {
+        "results": {
+            task: {"alias": task, **{f"{k},none": v for k, v in m.items()}} for task, m in values.items()
+        },
+        "n-samples": {task: {"original": 100, "effective": 100} for task in values},
+    }
+
+
+def test_each_paper_column_reads_its_configured_task_metric_and_scale(paper_eval):
+    scoring = paper_eval["scoring"]
+    raw = lmms_results(
+        {
+            "prism_mmmu_pro_vision": {"mmmu_acc": 0.30, "mmmu_acc_pass_at_k": 0.9},
+            "prism_mmmu_pro_standard": {"mmmu_acc": 0.40},
+            "prism_hallusion_bench_image": {"aAcc": 61.5, "qAcc": 30.0, "fAcc": 20.0},
+            "prism_mathverse_testmini": {"gpt_eval_score": 0.425},
+        }
+    )
+    mmmu_pro = benchmark_record("mmmu_pro", scoring["mmmu_pro"], raw)
+    assert mmmu_pro["score"] == pytest.approx(35.0)  # the mean of vision and standard, as a percent
+    assert mmmu_pro["per_task"] == {"prism_mmmu_pro_vision": 0.30, "prism_mmmu_pro_standard": 0.40}
+    assert (
+        mmmu_pro["metric"] == "mmmu_acc,none"
+        and mmmu_pro["n_samples"]["prism_mmmu_pro_vision"]["original"] == 100
+    )
+    assert (
+        benchmark_record("hallusionbench", scoring["hallusionbench"], raw)["score"] == 61.5
+    )  # aAcc, already %
+    assert benchmark_record("mathverse", scoring["mathverse"], raw)["score"] == pytest.approx(42.5)
+    assert benchmark_record("mathverse", scoring["mathverse"], raw)["lmms_eval"] == raw
+
+
+def test_a_missing_task_or_metric_or_a_wrong_scale_is_named(paper_eval):
+    scoring = paper_eval["scoring"]
+    raw = lmms_results({"prism_mmmu_val": {"acc": 0.5}})
+    with pytest.raises(ResultsError, match="no results for task 'prism_mathvista_testmini_cot'"):
+        benchmark_record("mathvista", scoring["mathvista"], raw)
+    with pytest.raises(ResultsError, match=r"no numeric 'mmmu_acc,none'; its metrics are \['acc,none'\]"):
+        benchmark_record("mmmu", scoring["mmmu"], raw)
+    percent = lmms_results({"prism_mmmu_val": {"mmmu_acc": 55.0}})
+    with pytest.raises(ResultsError, match="outside 0-100; check eval.scoring.<benchmark>.scale"):
+        benchmark_record("mmmu", scoring["mmmu"], percent)
+
+
+def test_the_newest_results_file_is_found_wherever_lmms_eval_put_it(tmp_path, paper_eval):
+    nested = tmp_path / "models__checkpoint"
+    nested.mkdir()
+    (nested / "20260101_000000_results.json").write_text(
+        json.dumps(lmms_results({"prism_mmmu_val": {"mmmu_acc": 0.1}}))
+    )
+    newer = nested / "20260102_000000_results.json"
+    newer.write_text(json.dumps(lmms_results({"prism_mmmu_val": {"mmmu_acc": 0.2}})))
+    os.utime(newer, (2e9, 2e9))
+    record = normalise("mmmu", paper_eval["scoring"]["mmmu"], tmp_path)
+    assert record["score"] == pytest.approx(20.0) and record["results_file"] == str(newer)
+    with pytest.raises(ResultsError, match="wrote no \\*_results.json"):
+        normalise("mmmu", paper_eval["scoring"]["mmmu"], tmp_path / "empty")
+
+
+def test_each_task_family_reaches_the_judge_the_way_it_reads_its_variables():
+    assert judge_environment("llm_judge", 8000)["OPENAI_API_URL"] == "http://127.0.0.1:8000/v1"  # a base URL
+    hallusion = judge_environment("openai", 8000)  # posted to as given: the full URL
+    assert hallusion["OPENAI_API_URL"] == "http://127.0.0.1:8000/v1/chat/completions"
+    reasoning = judge_environment("reasoning", 8000)
+    assert reasoning["USE_LLM_JUDGE"] == "True" and reasoning["JUDGE_BASE_URL"] == "http://127.0.0.1:8000/v1"
+    for family in ("none", "llm_judge", "openai", "reasoning"):  # our fallback, and a key for import time
+        environment = judge_environment(family, 8000)
+        assert environment["PRISM_JUDGE_URL"] == "http://127.0.0.1:8000/v1" and environment["OPENAI_API_KEY"]
+
+
+def test_a_run_uses_the_paper_sampling_our_tasks_and_the_model_first(paper_eval, tmp_path):
+    command = lmms_eval_command(
+        paper_eval,
+        Path("/ckpt/prism/q3vl4b"),
+        ["prism_mmmu_val"],
+        tmp_path / "tasks",
+        tmp_path / "t.jinja",
+        tmp_path / "o",
+        7,
+    )
+    assert command[command.index("--nproc_per_node=7") + 1 : command.index("--model")] == ["-m", "lmms_eval"]
+    model_args = command[command.index("--model_args") + 1].split(",")
+    assert model_args[0] == "model=/ckpt/prism/q3vl4b"  # lmms-eval names its output folder after the first
+    assert {"data_parallel_size=7", "max_new_tokens=16384", f"chat_template={tmp_path / 't.jinja'}"} <= set(
+        model_args
+    )
+    assert command[command.index("--gen_kwargs") + 1] == "temperature=1.0,top_p=0.7"
+    assert command[command.index("--include_path") + 1] == str(tmp_path / "tasks")
+    assert command[command.index("--verbosity") + 1] == "DEBUG"  # else a failed task still exits 0
+
+
+def test_the_chat_template_adds_the_format_prompt_only_where_a_task_gives_none(tiny_dir, tmp_path):
+    from jinja2 import Template
+
+    template = Template(chat_template(tiny_dir))
+    user = [{"role": "user", "content": "How many shapes?"}]
+    prompted = template.render(messages=user, add_generation_prompt=True)
+    assert SYSTEM_PROMPT in prompted and prompted.index(SYSTEM_PROMPT) < prompted.index("How many shapes?")
+    own = [{"role": "system", "content": "Reason in <think>, answer in <answer>."}, *user]
+    assert SYSTEM_PROMPT not in template.render(messages=own, add_generation_prompt=True)
+
+
+FAKE_VLLM = textwrap.dedent(
+    """\
+    #!{python}
+    import json, os, sys, time
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+    if os.environ.get("FAIL"):
+        sys.exit(3)
+    port = int(sys.argv[sys.argv.index("--port") + 1])
+    names = sys.argv[sys.argv.index("--served-model-name") + 1 :][:4]
+    time.sleep(1)  # loading the judge
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            models = {{"data": [{{"id": n}} for n in names]}}
+            body = b"" if self.path == "/health" else json.dumps(models).encode()
+            self.send_response(200); self.end_headers(); self.wfile.write(body)
+    HTTPServer(("127.0.0.1", port), Handler).serve_forever()
+    """
+)
+
+
+def test_the_judge_is_checked_healthy_before_use_and_stopped_after(tmp_path, monkeypatch):
+    from prism.cluster.ray_cluster import free_port
+
+    vllm = tmp_path / "vllm"
+    vllm.write_text(FAKE_VLLM.format(python=sys.executable))
+    vllm.chmod(vllm.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    judge = {
+        "port": free_port(),
+        "max_model_len": 32768,
+        "gpu_memory_utilization": 0.9,
+        "startup_timeout_s": 30,
+    }
+    with judge_server(tmp_path / "Qwen2.5-32B", judge, "0", tmp_path / "judge.log", poll_s=0.2):
+        from urllib.request import urlopen
+
+        served = json.load(urlopen(f"http://127.0.0.1:{judge['port']}/v1/models"))["data"]
+        assert {entry["id"] for entry in served} >= {"judge", "gpt-4"}
+    with pytest.raises(OSError):  # stopped with the job
+        urlopen(f"http://127.0.0.1:{judge['port']}/health", timeout=2)
+
+    monkeypatch.setenv("FAIL", "1")
+    with pytest.raises(SystemExit, match="the judge server exited with status 3; see"):
+        with judge_server(tmp_path / "Qwen2.5-32B", judge, "0", tmp_path / "judge.log", poll_s=0.2):
+            pytest.fail("a dead judge must not be used")
+
+
+# -------------------------------------------------------------------- in lmms-eval's own environment
+
+needs_lmms_eval = pytest.mark.skipif(
+    not LMMS_PYTHON.exists() and not os.environ.get("PRISM_REQUIRE_LMMS_EVAL"),
+    reason="no .venv-lmms-eval (bash scripts/setup-lmms-eval.sh)",
+)
+
+
+def lmms(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    offline = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(cwd / "hf")}
+    env = os.environ | offline | {"OPENAI_API_KEY": "EMPTY"} | env
+    return subprocess.run(
+        [str(LMMS_PYTHON), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.mark.lmms_eval
+@needs_lmms_eval
+def test_lmms_eval_indexes_every_variant_from_our_directory_beside_its_builtin(tmp_path):
+    script = textwrap.dedent(
+        """\
+        import json, sys
+        from pathlib import Path
+        from lmms_eval.tasks import TaskManager
+        from prism.eval.lmms_tasks import VARIANTS, write_tasks
+        index = TaskManager(include_path=str(write_tasks(list(VARIANTS), Path(sys.argv[1])))).task_index
+        wanted = [*VARIANTS, *sys.argv[2:]]
+        print(json.dumps({task: index[task]["yaml_path"] for task in wanted if task in index}))
+        """
+    )
+    builtins = [v.builtin_yaml.removesuffix(".yaml").rsplit("/", 1)[-1] for v in VARIANTS.values()]
+    result = lmms("-c", script, str(tmp_path / "tasks"), *builtins, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    paths = json.loads(result.stdout.splitlines()[-1])
+    assert {task: paths[task] for task in VARIANTS} == {
+        task: str(tmp_path / "tasks" / f"{task}.yaml") for task in VARIANTS
+    }
+    assert "mmmu_val" in paths and "/lmms_eval/tasks/" in paths["mmmu_val"]  # the built-in is still its own
+
+
+def mathvista_rows(path: Path, answers: list[str]) -> None:
+    """MathVista-shaped rows (the fields its prompt, scoring and aggregation read), images included."""
+    import datasets
+    from PIL import Image
+
+    metadata = {
+        "split": "testmini",
+        "language": "english",
+        "source": "synthetic",
+        "category": "math-targeted-vqa",
+        "task": "figure question answering",
+        "context": "synthetic scene",
+        "grade": "elementary school",
+        "skills": ["arithmetic reasoning"],
+    }
+    n = len(answers)
+    rows = {
+        "pid": [str(i) for i in range(n)],
+        "question": ["Which bar is taller?"] * n,
+        "query": ["Which bar is taller? Choices: A, B"] * n,
+        "question_type": ["multi_choice"] * n,
+        "answer_type": ["text"] * n,
+        "choices": [["A", "B"]] * n,
+        "answer": answers,
+        "precision": [0.0] * n,
+        "unit": [""] * n,
+        "metadata": [metadata] * n,
+        "decoded_image": [Image.new("RGB", (32, 32)) for _ in range(n)],
+    }
+    datasets.Dataset.from_dict(rows).cast_column("decoded_image", datasets.Image()).to_parquet(str(path))
+
+
+class FakeJudge:
+    """An OpenAI chat endpoint on localhost that answers every question with `verdict`, and keeps them."""
+
+    def __init__(self, verdict: str):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        asked = self.asked = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                asked.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                reply = {"choices": [{"message": {"role": "assistant", "content": verdict}}]}
+                body = json.dumps(reply).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.mark.lmms_eval
+@needs_lmms_eval
+@pytest.mark.parametrize(("verdict", "score"), [(None, 66.67), ("1", 100.0), ("0", 66.67)])
+def test_a_real_lmms_eval_run_of_our_variant_is_normalised_into_the_benchmark_record(
+    tmp_path, paper_eval, verdict, score
+):
+    """lmms-eval's dummy model answers every question in the paper's format with A. Our variant hands
+    MathVista's scoring the <answer> content: 2 of 3 right by the rule. The one it calls wrong goes to the
+    judge, with the whole response, when there is one."""
+    mathvista_rows(tmp_path / "testmini.parquet", ["A", "B", "A"])
+    data = {
+        "dataset_path": "parquet",
+        "dataset_kwargs": {"data_files": {"testmini": str(tmp_path / "testmini.parquet")}},
+    }
+    script = textwrap.dedent(
+        """\
+        import json, sys
+        from pathlib import Path
+        import lmms_eval.tasks, yaml
+        from prism.eval.lmms_tasks import TaskDumper, variant_config
+        builtin = Path(lmms_eval.tasks.__file__).parent
+        config = variant_config("prism_mathvista_testmini_cot", builtin, json.loads(sys.argv[1]))
+        Path("tasks").mkdir()
+        Path("tasks/prism_mathvista_testmini_cot.yaml").write_text(yaml.dump(config, Dumper=TaskDumper))
+        """
+    )
+    assert lmms("-c", script, json.dumps(data), cwd=tmp_path).returncode == 0
+    judge = FakeJudge(verdict) if verdict else None
+    response = "<caption>two bars</caption><think>the left one is taller</think><answer>A</answer>"
+    flags = [
+        "--model",
+        "dummy",
+        "--model_args",
+        f"response={response}",
+        "--tasks",
+        "prism_mathvista_testmini_cot",
+    ]
+    flags += ["--include_path", "tasks", "--batch_size", "1", "--output_path", "out", "--log_samples"]
+    flags += ["--gen_kwargs", "temperature=1.0,top_p=0.7", "--verbosity", "DEBUG", "--timezone", "UTC"]
+    result = lmms(
+        "-m", "lmms_eval", *flags, cwd=tmp_path, **({"PRISM_JUDGE_URL": judge.url} if judge else {})
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    record = normalise("mathvista", paper_eval["scoring"]["mathvista"], tmp_path / "out")
+    assert record["score"] == pytest.approx(score) and record["metric"] == "llm_as_judge_eval,none"
+    assert record["n_samples"] == {"prism_mathvista_testmini_cot": {"original": 3, "effective": 3}}
+    config = record["lmms_eval"]["configs"]["prism_mathvista_testmini_cot"]
+    assert config["metadata"]["source"] == "prism"  # only our YAML sets this: the task that ran is ours
+    assert config["generation_kwargs"]["temperature"] == 1.0 and config["generation_kwargs"]["top_p"] == 0.7
+    assert config["generation_kwargs"]["max_new_tokens"] == 16384
+    if judge:
+        assert len(judge.asked) == 1  # only the sample the rule called wrong
+        prompt = judge.asked[0]["messages"][0]["content"]
+        # the response as lmms-eval hands it on: its default reasoning_tags drop the <think> block
+        assert "Reference answer:\nB" in prompt and "<caption>two bars</caption><answer>A</answer>" in prompt

@@ -1,0 +1,191 @@
+"""Stage 1 on LLaMA-Factory: the YAML rendered from the paper config carries every hyperparameter of the
+seed's SFT column and names the data set preparation registers; torchrun spans the job's nodes; a failed
+job resumes from its last complete checkpoint and the artifact appears only when training finished."""
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from prism.core.config import load_config
+from prism.core.manifest import write_manifest
+from prism.sft.llamafactory import DEEPSPEED_ZERO3, latest_checkpoint, launch, training_yaml
+
+# Stands in for `llamafactory-cli train FILE`: checks torchrun was asked for, resumes from the checkpoint it
+# is given, logs every step as trainer_log.jsonl lines, saves every 2 steps, can crash after a step, and
+# writes the model then all_results.json at the end.
+FAKE_CLI = textwrap.dedent(
+    """\
+    #!{python}
+    import json, os, sys
+    from pathlib import Path
+    import yaml
+    assert sys.argv[1] == "train" and os.environ["FORCE_TORCHRUN"] == "1"
+    args = yaml.safe_load(Path(sys.argv[2]).read_text())
+    out, total = Path(args["output_dir"]), 6
+    Path(os.environ["SEEN"]).open("a").write(json.dumps(args) + "\\n")
+    resume = args.get("resume_from_checkpoint")
+    start = int(resume.rsplit("-", 1)[1]) if resume else 0
+    with open(out / "trainer_log.jsonl", "a") as log:
+        for step in range(start + 1, total + 1):
+            log.write(json.dumps({{"current_steps": step, "total_steps": total, "loss": 2.0 / step,
+                                  "lr": 1e-5, "epoch": step / total}}) + "\\n")
+            if step % 2 == 0:
+                (out / f"checkpoint-{{step}}").mkdir(exist_ok=True)
+                (out / f"checkpoint-{{step}}" / "trainer_state.json").write_text("{{}}")
+            if step == int(os.environ.get("CRASH_AFTER", 0)):
+                (out / "checkpoint-6").mkdir()  # a save the crash cut short: no trainer_state.json
+                sys.exit(1)
+    (out / "model.safetensors").write_text("weights")
+    (out / "config.json").write_text("{{}}")
+    (out / "training_args.bin").write_text("state")
+    (out / "all_results.json").write_text(json.dumps({{"train_loss": 0.9}}))
+    """
+)
+
+
+@pytest.fixture
+def paper_sft(paper_config) -> dict:
+    return load_config(paper_config).sft.stage_slice()
+
+
+def test_paper_yaml_has_every_hyperparameter_of_the_seed_sft_column(paper_sft, tmp_path):
+    settings = training_yaml(paper_sft, Path("/m/Qwen3-VL-8B"), Path("/d/sft"), Path("/w/out"), None)
+    expected = {
+        "model_name_or_path": "/m/Qwen3-VL-8B",
+        "stage": "sft",
+        "finetuning_type": "full",
+        "template": "qwen3_vl_nothink",
+        "learning_rate": 1.0e-5,
+        "lr_scheduler_type": "cosine",
+        "warmup_ratio": 0.1,
+        "num_train_epochs": 1.0,
+        "cutoff_len": 8192,
+        "per_device_train_batch_size": 2,
+        "gradient_accumulation_steps": 1,
+        "weight_decay": 0.0,
+        "bf16": True,
+        "freeze_vision_tower": True,
+        "freeze_multi_modal_projector": True,
+        "freeze_language_model": False,
+        "dataset": "prism_sft",
+        "dataset_dir": "/d/sft",
+        "media_dir": "/d/sft",
+        "output_dir": "/w/out",
+        "image_max_pixels": 1605632,
+        "seed": 42,
+        "save_only_model": False,
+        "overwrite_output_dir": False,
+        "report_to": "none",
+    }
+    assert {key: settings[key] for key in expected} == expected
+    assert "resume_from_checkpoint" not in settings
+    zero3 = json.loads(Path(settings["deepspeed"]).read_text())
+    assert settings["deepspeed"] == str(DEEPSPEED_ZERO3)
+    assert zero3["zero_optimization"]["stage"] == 3
+    assert zero3["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True  # one HF model
+    assert yaml.safe_load(yaml.safe_dump(settings)) == settings  # what LLaMA-Factory reads back
+
+
+def test_the_yaml_names_the_data_set_preparation_registers(paper_sft, tmp_path):
+    spec = {"source": "synthetic", "synthetic": {"examples": 4, "seed": 0}}
+    command = [sys.executable, "-m", "prism.data", "dataset", "--name", "sft", "--config", json.dumps(spec)]
+    subprocess.run([*command, "--out", str(tmp_path / "raw")], check=True, capture_output=True)
+    prepare = [sys.executable, "-m", "prism.data", "prepare", "--name", "sft", "--raw", str(tmp_path / "raw")]
+    prepare += ["--config", '{"max_rejected_fraction": 0}', "--out", str(tmp_path / "sft")]
+    subprocess.run(prepare, check=True, capture_output=True)
+    settings = training_yaml(paper_sft, Path("/m"), tmp_path / "sft", Path("/w"), None)
+    entry = json.loads((tmp_path / "sft" / "dataset_info.json").read_text())[settings["dataset"]]
+    assert entry["formatting"] == "sharegpt" and entry["columns"] == {
+        "messages": "messages",
+        "images": "images",
+    }
+    assert entry["tags"]["user_tag"] == "user" and entry["tags"]["assistant_tag"] == "assistant"
+    rows = [json.loads(line) for line in (tmp_path / "sft" / entry["file_name"]).read_text().splitlines()]
+    assert len(rows) == 4
+    for row in rows:  # LLaMA-Factory: as many <image> as images, each resolvable under media_dir
+        assert sum(m["content"].count("<image>") for m in row["messages"]) == len(row["images"]) == 1
+        assert (Path(settings["media_dir"]) / row["images"][0]).is_file()
+
+
+def test_torchrun_spans_one_node_directly_and_several_through_srun(tmp_path):
+    command, env = launch(Path("/w/sft.yaml"), nodes=1, gpus_per_node=8, environ={"PATH": "/bin"})
+    assert command == ["llamafactory-cli", "train", "/w/sft.yaml"]
+    assert (env["FORCE_TORCHRUN"], env["NNODES"], env["NPROC_PER_NODE"], env["NODE_RANK"]) == (
+        "1",
+        "1",
+        "8",
+        "0",
+    )
+
+    scontrol = tmp_path / "scontrol"  # the job's nodes, as Slurm expands its compressed list
+    scontrol.write_text("#!/bin/sh\necho gpu-a01\necho gpu-a02\n")
+    scontrol.chmod(scontrol.stat().st_mode | stat.S_IEXEC)
+    environ = {"PATH": f"{tmp_path}:/bin", "SLURM_JOB_NODELIST": "gpu-a[01-02]"}
+    command, env = launch(Path("/w/sft.yaml"), nodes=2, gpus_per_node=8, environ=environ)
+    assert command[:5] == ["srun", "--overlap", "--nodes=2", "--ntasks-per-node=1", "--kill-on-bad-exit=1"]
+    assert command[-1] == 'NODE_RANK="$SLURM_NODEID" exec llamafactory-cli train /w/sft.yaml'
+    assert (env["NNODES"], env["MASTER_ADDR"]) == ("2", "gpu-a01") and int(env["MASTER_PORT"]) > 0
+
+
+def test_an_incomplete_checkpoint_is_never_resumed_from(tmp_path):
+    assert latest_checkpoint(tmp_path) is None
+    for step, complete in ((2, True), (10, True), (12, False)):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        if complete:
+            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-10"  # by number, not by name
+
+
+def test_a_failed_job_resumes_from_its_last_checkpoint_and_exports_only_when_finished(paper_sft, tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    cli = bin_dir / "llamafactory-cli"
+    cli.write_text(FAKE_CLI.format(python=sys.executable))
+    cli.chmod(cli.stat().st_mode | stat.S_IEXEC)
+    for name in ("model", "data"):
+        write_manifest(tmp_path / name / "manifest.json", name, [], {})
+    seen = tmp_path / "seen.jsonl"
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", SEEN=str(seen))
+    command = [sys.executable, "-m", "prism.sft", "--config", json.dumps(paper_sft)]
+    command += ["--model", str(tmp_path / "model"), "--data", str(tmp_path / "data")]
+    command += ["--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"), "--gpus-per-node", "8"]
+
+    failed = subprocess.run(command, env=env | {"CRASH_AFTER": "5"}, capture_output=True, text=True)
+    assert failed.returncode != 0 and "Traceback" not in failed.stderr
+    assert "last complete checkpoint: checkpoint-4. Rerun the job to resume" in failed.stderr
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+    rerun = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "LLaMA-Factory from checkpoint-4" in rerun.stdout
+    attempts = [json.loads(line) for line in seen.read_text().splitlines()]
+    assert [a.get("resume_from_checkpoint", "").rsplit("/", 1)[-1] for a in attempts] == ["", "checkpoint-4"]
+    out = tmp_path / "out"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["metrics"]["resumed_from"] == "checkpoint-4" and manifest["metrics"]["steps"] == 6
+    assert manifest["metrics"]["train_loss"] == 0.9
+    assert manifest["engine"]["arguments"]["learning_rate"] == 1.0e-5
+    curve = (out / "metrics.csv").read_text().splitlines()
+    assert curve[0] == "step,loss,lr" and [row.split(",")[0] for row in curve[1:]] == list("123456")
+    assert (out / "model.safetensors").read_text() == "weights" and not (out / "training_args.bin").exists()
+    assert not list(out.glob("checkpoint-*"))  # checkpoints stay in the work directory
+
+
+def test_the_tiny_processor_shows_llamafactory_its_geometry_without_saving_a_video_processor(
+    tiny_dir, tmp_path
+):
+    """LLaMA-Factory's qwen3_vl plugin reads video_processor.merge_size even for image-only data."""
+    from prism.core.modeling import load_processor
+
+    processor = load_processor(tiny_dir)
+    assert processor.video_processor.merge_size == processor.image_processor.merge_size
+    assert processor.video_processor.patch_size == processor.image_processor.patch_size
+    processor.save_pretrained(tmp_path)
+    assert "video_processor" not in (tmp_path / "processor_config.json").read_text()
