@@ -202,12 +202,17 @@ def trained_runs() -> list[str]:
             discriminator_checkpoint()
         }
     if ablation_rows():
+        policy = CFG.ablations.policy
         built |= {
-            variant_checkpoint(
-                SimpleNamespace(policy=CFG.ablations.policy, variant=variant)
-            )
+            variant_checkpoint(SimpleNamespace(policy=policy, variant=variant))
             for _, variant in ablation_rows()
         }
+        built |= {
+            f"{RESULTS}/models/ablations/{setting}/{policy}/prism/{MANIFEST}"
+            for setting in CFG.ablations.trained()
+        }
+        if "dense_discriminator" in CFG.ablations.settings:
+            built.add(f"{RESULTS}/models/discriminator/dense/{MANIFEST}")
     return sorted(path for path in built if not path.startswith(f"{INPUTS}/released/"))
 
 

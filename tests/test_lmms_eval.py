@@ -333,3 +333,139 @@ def test_a_real_lmms_eval_run_of_our_variant_is_normalised_into_the_benchmark_re
         prompt = judge.asked[0]["messages"][0]["content"]
         # the response as lmms-eval hands it on: its default reasoning_tags drop the <think> block
         assert "Reference answer:\nB" in prompt and "<caption>two bars</caption><answer>A</answer>" in prompt
+
+
+@pytest.mark.lmms_eval
+@needs_lmms_eval
+@pytest.mark.parametrize(("verdict", "accuracy"), [("1", 1.0), ("0", 0.0)])
+def test_mmmu_answers_the_rule_calls_wrong_are_put_to_the_judge(tmp_path, verdict, accuracy):
+    """The built-in MMMU and MMMU-Pro scoring, as their aggregation counts it, after our fallback."""
+    script = textwrap.dedent(
+        """\
+        import json
+        from lmms_eval.tasks.mmmu.utils import evaluate_mmmu
+        from lmms_eval.tasks.mmmu_pro.utils import evaluate_mmmu as evaluate_mmmu_pro
+        from prism.eval import lmms_tasks
+        wrong = "<caption>a chart</caption><think>the third</think><answer>C</answer>"
+        choice = {"id": "validation_Math_1", "question_type": "multiple-choice", "answer": "B",
+                  "options": "['1', '2', '3', '4']", "question": "What is 1+1?"}
+        open_ended = {"id": "validation_Math_2", "question_type": "open", "answer": "2.5", "options": "[]",
+                      "question": "Half of 5?"}
+        vision = {"id": "test_Math_1", "subject": "Math", "answer": "B"}  # the question is in the image
+        score = lmms_tasks.prism_mmmu_val_process_results
+        halves = "<answer>five halves</answer>"
+        mmmu = [score(choice, [wrong])["mmmu_acc"], score(open_ended, [halves])["mmmu_acc"]]
+        pro = lmms_tasks.prism_mmmu_pro_vision_process_results(vision, [wrong])["mmmu_acc"]
+        print(json.dumps([evaluate_mmmu(mmmu)[1]["acc"], evaluate_mmmu_pro([pro])[1]["acc"]]))
+        """
+    )
+    judge = FakeJudge(verdict)
+    result = lmms("-c", script, cwd=tmp_path, PRISM_JUDGE_URL=judge.url)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.splitlines()[-1]) == [accuracy, accuracy]
+    assert len(judge.asked) == 3  # each answer the rule calls wrong, once
+    assert "Options: ['1', '2', '3', '4']" in judge.asked[0]["messages"][0]["content"]
+
+
+@pytest.mark.lmms_eval
+@needs_lmms_eval
+def test_mathvision_is_scored_with_our_answer_check_where_the_builtin_cannot_import(tmp_path):
+    """In lmms-eval's environment the built-in MathVision scorer cannot import latex2sympy2 beside
+    math-verify; ours gives the built-in aggregation what it reads."""
+    script = textwrap.dedent(
+        """\
+        import json
+        from lmms_eval.tasks.mathvision.utils import mathvision_aggregate_results_eval
+        from prism.eval.lmms_tasks import prism_mathvision_testmini_process_results as score
+        docs = [({"answer": "B", "options": ["1", "2", "3"]}, "<answer>2</answer>"),  # the option's value
+                ({"answer": "B", "options": ["1", "2", "3"]}, "<answer>(B)</answer>"),
+                ({"answer": "0.5", "options": []}, "<think>half</think><answer>\\\\frac{1}{2}</answer>"),
+                ({"answer": "7", "options": []}, "<answer>8</answer>")]
+        scored = [score(doc, [response])["mathvision_standard_eval"] for doc, response in docs]
+        print(json.dumps(mathvision_aggregate_results_eval(scored)))
+        """
+    )
+    result = lmms("-c", script, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.splitlines()[-1]) == 75.0
+
+
+FAKE_LMMS_EVAL = textwrap.dedent(
+    """\
+    import json, os, sys
+    from pathlib import Path
+    out, tasks = Path(sys.argv[1]), sys.argv[2].split(",")
+    if os.environ.get("FAIL_ON") in tasks:
+        sys.exit(1)
+    seen = {k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "OPENAI_API_URL", "PRISM_JUDGE_URL")}
+    (out / "models__ckpt").mkdir(parents=True)
+    results = {t: {"mmmu_acc,none": 0.5, "aAcc,none": 61.0, "llm_as_judge_eval,none": 70.0} for t in tasks}
+    samples = {t: {"original": 10, "effective": 10} for t in tasks}
+    payload = {"results": results, "n-samples": samples, "seen": seen}
+    (out / "models__ckpt" / "20260101_000000_results.json").write_text(json.dumps(payload))
+    """
+)
+
+
+def test_an_evaluation_job_serves_the_judge_runs_each_benchmark_and_resumes(
+    paper_eval, tmp_path, monkeypatch, tiny_dir
+):
+    """The job's orchestration with vLLM and lmms-eval stood in for: one run per benchmark on the GPUs the
+    judge leaves, each with its family's judge URL, normalised; a failed benchmark is all a rerun redoes."""
+    from types import SimpleNamespace
+
+    from prism.cluster.ray_cluster import free_port
+    from prism.core.manifest import write_manifest
+    from prism.eval import lmms
+
+    vllm = tmp_path / "bin" / "vllm"
+    vllm.parent.mkdir()
+    vllm.write_text(FAKE_VLLM.format(python=sys.executable))
+    vllm.chmod(vllm.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{vllm.parent}:{os.environ['PATH']}")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+    fake = tmp_path / "fake_lmms_eval.py"
+    fake.write_text(FAKE_LMMS_EVAL)
+    monkeypatch.setattr(lmms, "write_tasks", lambda tasks, directory: directory)
+    monkeypatch.setattr(
+        lmms,
+        "lmms_eval_command",
+        lambda cfg, model, tasks, include, template, out, gpus: [
+            sys.executable,
+            str(fake),
+            str(out),
+            ",".join(tasks),
+        ],
+    )
+    cfg = paper_eval | {"benchmarks": ["mmmu", "hallusionbench", "mmmu_pro"]}
+    cfg["judge"] = cfg["judge"] | {"port": free_port(), "startup_timeout_s": 30}
+    write_manifest(tmp_path / "judge" / "manifest.json", "judge", [], {})
+    args = SimpleNamespace(
+        config=cfg, model=tiny_dir, judge=tmp_path / "judge", out=tmp_path / "out", work=tmp_path / "work",
+        gpus_per_node=4, inputs=[tiny_dir, tmp_path / "judge"],
+    )  # fmt: skip
+
+    monkeypatch.setenv("FAIL_ON", "prism_mmmu_pro_vision")
+    with pytest.raises(SystemExit, match="lmms-eval failed on mmmu_pro .*rerun to resume from it"):
+        lmms.run(args)
+    assert sorted(p.name for p in (args.work / "scores").iterdir()) == ["hallusionbench.json", "mmmu.json"]
+    assert not (args.out / "manifest.json").exists()
+
+    monkeypatch.delenv("FAIL_ON")
+    (args.work / "scores" / "mmmu.json").write_text(
+        (args.work / "scores" / "mmmu.json").read_text().replace('"score": 50.0', '"score": 49.0')
+    )  # kept from the first attempt, not rerun
+    lmms.run(args)
+    scores = {b: json.loads((args.out / f"{b}.json").read_text()) for b in cfg["benchmarks"]}
+    assert {b: r["score"] for b, r in scores.items()} == {
+        "mmmu": 49.0,
+        "hallusionbench": 61.0,
+        "mmmu_pro": 50.0,
+    }
+    seen = scores["hallusionbench"]["lmms_eval"]["seen"]
+    assert seen["CUDA_VISIBLE_DEVICES"] == "1,2,3"  # GPU 0 serves the judge
+    assert seen["OPENAI_API_URL"].endswith("/v1/chat/completions") and seen["PRISM_JUDGE_URL"].endswith("/v1")
+    assert scores["mmmu"]["lmms_eval"]["seen"]["OPENAI_API_URL"] is None  # no judge family for MMMU
+    manifest = json.loads((args.out / "manifest.json").read_text())
+    assert manifest["metrics"] == {"mmmu": 49.0, "hallusionbench": 61.0, "mmmu_pro": 50.0}
+    assert SYSTEM_PROMPT.splitlines()[0] in (args.work / "chat_template.jinja").read_text()

@@ -33,8 +33,11 @@ STAGE_RESOURCES = {
     "sft": ("sft",),
     "upcycle": ("discriminator", "upcycle"),
     "warmup_discriminator": ("discriminator", "warmup"),
+    "warmup_dense_discriminator": ("discriminator", "warmup"),
     "align": ("align",),
+    "align_ablation": ("align",),
     "rl": ("rl",),
+    "rl_ablation": ("rl",),
     "evaluate": ("eval",),
 }
 

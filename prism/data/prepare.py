@@ -101,16 +101,20 @@ def data_files(raw: Path, suffixes: tuple[str, ...]) -> list[Path]:
     return files
 
 
-def records(path: Path) -> Iterator[tuple[str, object]]:
-    """(where, record) for each row of a json array, jsonl or parquet file; a bad jsonl line is a row."""
-    if path.suffix == ".parquet":
-        import pandas as pd
+def read_table(path: Path):
+    import pyarrow.parquet as pq
 
-        try:
-            frame = pd.read_parquet(path)
-        except Exception as err:  # pyarrow raises several types for unreadable files
-            raise DataError(f"{path}: cannot read parquet ({err})") from None
-        for i, record in enumerate(frame.to_dict("records")):
+    try:
+        return pq.read_table(path)
+    except Exception as err:  # pyarrow raises several types for unreadable files
+        raise DataError(f"{path}: cannot read parquet ({err})") from None
+
+
+def records(path: Path, table=None) -> Iterator[tuple[str, object]]:
+    """(where, record) for each row of a json array, jsonl or parquet file (`table`: already read); a bad
+    jsonl line is a row."""
+    if path.suffix == ".parquet":
+        for i, record in enumerate((read_table(path) if table is None else table).to_pylist()):
             yield f"{path.name} row {i}", record
         return
     text = path.read_text()
@@ -282,7 +286,7 @@ def verl_row(record: dict, teacher: bool) -> dict:
 
 
 def as_list(value) -> list:
-    """Parquet list cells arrive as numpy arrays."""
+    """A list cell as a list; anything else (None, a string, a mapping) as an empty one."""
     if value is None or isinstance(value, str | bytes | dict):
         return []
     return list(value)
@@ -295,13 +299,13 @@ def prepare_parquet(raw: Path, out: Path, tally: Tally, columns: tuple[str, ...]
 
     tables = []
     for source in data_files(raw, (".parquet",)):
-        table = pq.read_table(source)
+        table = read_table(source)
         missing = [c for c in columns if c not in table.column_names]
         if missing:
             raise DataError(f"{source}: missing columns {missing}; has {table.column_names}")
         kept = [
             i
-            for i, (where, record) in enumerate(records(source))
+            for i, (where, record) in enumerate(records(source, table))
             if tally.check(where, record, lambda r: verl_row(r, teacher=columns == ALIGN_COLUMNS)) is not None
         ]
         tables.append(table.take(kept))

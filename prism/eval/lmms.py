@@ -117,12 +117,12 @@ def judge_server(model: Path, judge: dict, gpu: str, log: Path, poll_s: float = 
 
 def chat_template(model: Path) -> str:
     """The model's own chat template, with the paper's system prompt added where a task gives none."""
-    own = model / "chat_template.jinja"
-    template = (
-        own.read_text()
-        if own.is_file()
-        else json.loads((model / "tokenizer_config.json").read_text())["chat_template"]
-    )
+    if (model / "chat_template.jinja").is_file():  # where each checkpoint format keeps it
+        template = (model / "chat_template.jinja").read_text()
+    elif (model / "chat_template.json").is_file():
+        template = json.loads((model / "chat_template.json").read_text())["chat_template"]
+    else:
+        template = json.loads((model / "tokenizer_config.json").read_text())["chat_template"]
     system = json.dumps({"role": "system", "content": SYSTEM_PROMPT})
     return (
         "{%- if messages[0]['role'] != 'system' %}"
@@ -190,12 +190,15 @@ def run(args) -> None:
     if args.judge is None:
         sys.exit("eval: the lmms_eval engine needs --judge MODEL_DIR")
     model, work = args.model.resolve(), args.work.resolve()
-    gpus = args.gpus_per_node
+    work.mkdir(parents=True, exist_ok=True)
+    default_devices = ",".join(map(str, range(args.gpus_per_node)))
+    devices = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", default_devices).split(",") if d]
+    if len(devices) < 2:
+        sys.exit(f"eval: the lmms_eval engine needs 2 or more GPUs (the judge takes one); it sees {devices}")
     tasks = sorted({task for b in cfg["benchmarks"] for task in cfg["scoring"][b]["tasks"]})
     include = write_tasks(tasks, work / "tasks")
     template = work / "chat_template.jinja"
     template.write_text(chat_template(model))
-    devices = os.environ.get("CUDA_VISIBLE_DEVICES", ",".join(map(str, range(gpus)))).split(",")
     done = work / "scores"
     with judge_server(args.judge.resolve(), cfg["judge"], devices[0], work / "judge.log"):
         for benchmark in cfg["benchmarks"]:

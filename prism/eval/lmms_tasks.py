@@ -36,16 +36,38 @@ JUDGE_PROMPT = (
 
 @dataclass(frozen=True)
 class Variant:
-    """What our task changes in a built-in one. `scorer` is the built-in process_results (module:function)
-    that gets the `<answer>` content; None where the built-in reads `<answer>` itself. `verdict` reads the
-    rule's decision from a scored sample and `accept` marks it correct: with both, a sample the rule
-    calls wrong goes to the judge (PRISM's fallback, method-reference §6.3)."""
+    """What our task changes in a built-in one. `scorer` gets the `<answer>` content: the built-in
+    process_results (module:function) or our own; None where the built-in reads `<answer>` itself.
+    `verdict` reads the rule's decision from a scored sample and `accept` marks it correct: with both, a
+    sample the rule calls wrong goes to the judge (PRISM's fallback, method-reference §6.3)."""
 
     builtin_yaml: str
     max_new_tokens: int
-    scorer: str | None = None
+    scorer: str | Callable[[dict, list], dict] | None = None
     verdict: Callable[[dict, dict], bool] | None = None
     accept: Callable[[dict, dict], dict] | None = None
+
+
+def _mathvision_score(doc: dict, results: list) -> dict:
+    """MathVision's metric with our answer check (the RL reward's: rules, then math-verify). The built-in
+    scorer imports latex2sympy2, whose antlr runtime cannot share an environment with math-verify's: the
+    import fails and every sample then raises."""
+    from prism.core.reward import judge
+
+    truth, options = str(doc["answer"]), list(doc.get("options") or [])
+    letter = len(truth) == 1 and 0 <= ord(truth) - ord("A") < len(options)
+    value = str(options[ord(truth) - ord("A")]) if letter else ""
+    scores = [bool(judge(str(r), truth) or (value and judge(str(r), value))) for r in results]
+    return {"mathvision_standard_eval": {"response": results, "scores": scores}}
+
+
+def _mathvision_verdict(doc: dict, scored: dict) -> bool:
+    return bool(scored["mathvision_standard_eval"]["scores"][0])
+
+
+def _mathvision_accept(doc: dict, scored: dict) -> dict:
+    judged = scored["mathvision_standard_eval"]
+    return {"mathvision_standard_eval": dict(judged, scores=[True, *judged["scores"][1:]])}
 
 
 def _mathvista_verdict(doc: dict, scored: dict) -> bool:
@@ -70,7 +92,8 @@ def _mmmu_accept(doc: dict, scored: dict) -> dict:
 
     sample = scored["mmmu_acc"]
     multi = sample["question_type"] == "multiple-choice"
-    parsed = [sample["answer"]] if multi else [normalize_str(str(sample["answer"]))[0]]
+    # one prediction per response: a letter, or an open answer's list of normalised candidates
+    parsed = [sample["answer"]] if multi else [normalize_str(str(sample["answer"]))]
     judged = dict(sample, parsed_pred=parsed)
     return dict(scored, mmmu_acc=judged, mmmu_acc_pass_at_k=judged)
 
@@ -97,7 +120,11 @@ VARIANTS: dict[str, Variant] = {
         "mathverse/mathverse_testmini.yaml", 16384, "mathverse.utils:mathverse_process_results"
     ),
     "prism_mathvision_testmini": Variant(
-        "mathvision/mathvision_testmini.yaml", 24576, "mathvision.utils:mathvision_process_results"
+        "mathvision/mathvision_testmini.yaml",
+        24576,
+        _mathvision_score,
+        _mathvision_verdict,
+        _mathvision_accept,
     ),
     "prism_wemath_testmini_reasoning": Variant(  # reads <answer>; its judge is USE_LLM_JUDGE
         "wemath/reasoning/wemath_testmini_thinking.yaml", 49152
@@ -172,7 +199,7 @@ def answer_first(task: str):
     """process_results of `task`: the built-in one given the `<answer>` content, then the judge for a
     sample the rule calls wrong, shown the whole response as PRISM's fallback does."""
     variant = VARIANTS[task]
-    scorer = builtin(variant.scorer)
+    scorer = variant.scorer if callable(variant.scorer) else builtin(variant.scorer)
 
     def process_results(doc, results):
         scored = scorer(doc, answers_only(results))
