@@ -25,11 +25,6 @@ def as_arg(payload) -> str:
     return shlex.quote(json.dumps(payload, sort_keys=True))
 
 
-def config_slice(section) -> str:
-    """A stage's hyperparameters: not its resources or where a released checkpoint would come from."""
-    return as_arg(section.model_dump(exclude={"resources", "source", "released"}))
-
-
 def work_dir(*parts) -> str:
     """Resumable state of one job: outside every declared output, so Snakemake never deletes it."""
     return str(Path(WORK, *parts))

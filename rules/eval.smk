@@ -2,7 +2,7 @@ rule evaluate:
     """All configured benchmarks for one model variant (one judge server per job)."""
     input:
         unpack(evaluation_inputs),
-        code=code("eval", "data"),
+        code=code("eval", "data", "cluster"),
     output:
         scores=expand(
             f"{RESULTS}/eval/{{{{policy}}}}/{{{{variant}}}}/{{benchmark}}.json",

@@ -138,6 +138,16 @@ def parse_slice(text: str) -> dict:
         sys.exit(f"--config is not valid JSON: {err}")
 
 
+def write_curves(steps: dict[int, dict], path: Path) -> None:
+    """An engine's per-step metrics ({step: {name: value}}) as the metrics.csv beside its artifact."""
+    columns = sorted({key for row in steps.values() for key in row})
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["step", *columns])
+        for step, row in steps.items():
+            writer.writerow([step, *(row.get(c, "") for c in columns)])
+
+
 def stage_parser(prog: str, description: str, inputs: tuple[str, ...], optional: tuple[str, ...] = ()):
     """The arguments every stage takes: its config slice, its inputs, its output and work directories.
     `optional` inputs are those only some engines read."""

@@ -19,6 +19,7 @@ from prism.core.prompts import SYSTEM_PROMPT, prompt_messages
 from prism.core.training import parse_slice
 from prism.data import synthetic
 from prism.data.formats import DATA_SOURCE
+from prism.data.prepare import register_sft
 
 DATASETS = ("sft", "warmup", "align", "rl")
 
@@ -115,21 +116,7 @@ def write_sft(examples: list[synthetic.Example], out: Path) -> None:
             }
         )
     (out / "sft.json").write_text(json.dumps(records))
-    dataset_info = {
-        "prism_sft": {
-            "file_name": "sft.json",
-            "formatting": "sharegpt",
-            "columns": {"messages": "messages", "images": "images"},
-            "tags": {
-                "role_tag": "role",
-                "content_tag": "content",
-                "user_tag": "user",
-                "assistant_tag": "assistant",
-                "system_tag": "system",
-            },
-        }
-    }
-    (out / "dataset_info.json").write_text(json.dumps(dataset_info, indent=2))
+    register_sft(out, "sft.json")
 
 
 def write_warmup(examples: list[synthetic.Example], out: Path, seed: int) -> None:

@@ -219,6 +219,17 @@ def sft_example(record, bases: tuple[Path, ...], out: Path, written: Counter) ->
     return {"messages": messages, "images": paths}
 
 
+def register_sft(directory: Path, file_name: str) -> None:
+    """LLaMA-Factory's dataset_info.json naming `file_name` as the sharegpt multimodal set prism_sft."""
+    entry = {
+        "file_name": file_name,
+        "formatting": "sharegpt",
+        "columns": {"messages": "messages", "images": "images"},
+        "tags": SHAREGPT_TAGS,
+    }
+    (directory / "dataset_info.json").write_text(json.dumps({SFT_DATASET: entry}, indent=2))
+
+
 def prepare_sft(raw: Path, out: Path, tally: Tally) -> dict:
     written: Counter = Counter()
     with open(out / SFT_FILE, "w") as sink:
@@ -228,15 +239,7 @@ def prepare_sft(raw: Path, out: Path, tally: Tally) -> dict:
                 kept = tally.check(where, record, lambda r, bases=bases: sft_example(r, bases, out, written))
                 if kept:
                     sink.write(json.dumps(kept, ensure_ascii=False) + "\n")
-    dataset_info = {
-        SFT_DATASET: {
-            "file_name": SFT_FILE,
-            "formatting": "sharegpt",
-            "columns": {"messages": "messages", "images": "images"},
-            "tags": SHAREGPT_TAGS,
-        }
-    }
-    (out / "dataset_info.json").write_text(json.dumps(dataset_info, indent=2))
+    register_sft(out, SFT_FILE)
     return {"dataset": SFT_DATASET, "file": SFT_FILE}
 
 

@@ -23,6 +23,7 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
+from prism.cluster.ray_cluster import stop
 from prism.core.manifest import MANIFEST, write_json_atomic, write_manifest
 from prism.core.prompts import SYSTEM_PROMPT
 from prism.eval.lmms_tasks import JUDGE_URL, write_tasks
@@ -107,12 +108,7 @@ def judge_server(model: Path, judge: dict, gpu: str, log: Path, poll_s: float = 
         print(f"eval: judge {model.name} ready on port {judge['port']} (GPU {gpu})", flush=True)
         yield
     finally:
-        if server.poll() is None:
-            os.killpg(server.pid, 15)
-            try:
-                server.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, 9)
+        stop([server])
 
 
 def chat_template(model: Path) -> str:

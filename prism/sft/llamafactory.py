@@ -9,7 +9,6 @@ training finished.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import re
@@ -22,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from prism.core.manifest import MANIFEST, write_manifest
+from prism.core.training import write_curves
 from prism.data.prepare import SFT_DATASET
 
 DEEPSPEED_ZERO3 = Path(__file__).with_name("ds_z3.json")
@@ -102,20 +102,17 @@ def launch(config_file: Path, nodes: int, gpus_per_node: int, environ=os.environ
     return [*srun, "bash", "-c", per_node], env
 
 
-def curves(trainer_log: Path) -> list[dict]:
-    """LLaMA-Factory's per-log-step lines (trainer_log.jsonl) as rows of step, loss, lr; a step logged again
+def curves(trainer_log: Path) -> dict[int, dict]:
+    """LLaMA-Factory's per-log-step lines (trainer_log.jsonl) as {step: {loss, lr}}; a step logged again
     after a resume replaces the earlier line."""
-    rows: dict[int, dict] = {}
+    steps: dict[int, dict] = {}
     if trainer_log.is_file():
         for line in trainer_log.read_text().splitlines():
             entry = json.loads(line) if line.strip() else {}
             if "loss" in entry and "current_steps" in entry:
-                rows[entry["current_steps"]] = {
-                    "step": entry["current_steps"],
-                    "loss": entry["loss"],
-                    "lr": entry.get("lr", entry.get("learning_rate", "")),
-                }
-    return [rows[step] for step in sorted(rows)]
+                lr = entry.get("lr", entry.get("learning_rate", ""))
+                steps[entry["current_steps"]] = {"loss": entry["loss"], "lr": lr}
+    return dict(sorted(steps.items()))
 
 
 def export(output_dir: Path, out: Path) -> None:
@@ -157,11 +154,9 @@ def run(args) -> None:
                 f"from there ({output_dir})."
             )
     export(output_dir, args.out)
-    rows = curves(output_dir / "trainer_log.jsonl")
-    with open(args.out / "metrics.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["step", "loss", "lr"])
-        writer.writeheader()
-        writer.writerows(rows)
+    steps = curves(output_dir / "trainer_log.jsonl")
+    write_curves(steps, args.out / "metrics.csv")
+    losses = [row["loss"] for row in steps.values()]
     results = json.loads((output_dir / FINISHED).read_text())
     write_manifest(
         args.out / MANIFEST,
@@ -169,10 +164,10 @@ def run(args) -> None:
         [Path(d) / MANIFEST for d in args.inputs],
         cfg,
         {
-            "steps": rows[-1]["step"] if rows else 0,
+            "steps": max(steps, default=0),
             "resumed_from": resume.name if resume else None,
-            "first_loss": rows[0]["loss"] if rows else None,
-            "final_loss": rows[-1]["loss"] if rows else None,
+            "first_loss": losses[0] if losses else None,
+            "final_loss": losses[-1] if losses else None,
             "train_loss": results.get("train_loss"),
         },
         started,

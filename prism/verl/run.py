@@ -8,7 +8,6 @@ Checkpoints live under `<work>/checkpoints` (Snakemake never deletes the work di
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import subprocess
@@ -16,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from prism.core.training import write_curves
 from prism.verl.command import TrainerJob, as_overrides
 
 # Headline figures copied from verl's step logs into the manifest, when present.
@@ -52,15 +52,6 @@ def step_metrics(log_files: list[Path]) -> dict[int, dict]:
                 scalars = {k: v for k, v in entry["data"].items() if isinstance(v, (int, float))}
                 steps[int(entry["step"])] = scalars
     return dict(sorted(steps.items()))
-
-
-def write_curves(steps: dict[int, dict], path: Path) -> None:
-    columns = sorted({key for row in steps.values() for key in row})
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["step", *columns])
-        for step, row in steps.items():
-            writer.writerow([step, *(row.get(c, "") for c in columns)])
 
 
 def trainer_job(args, experiment: str) -> TrainerJob:
