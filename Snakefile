@@ -18,7 +18,7 @@ wildcard_constraints:
     init="sft|prism",
     algo="grpo|dapo|gspo",
     variant="|".join(CFG.evaluated_variants()),
-    ablation="no_sft|dense_discriminator",
+    ablation="|".join(TRAINED_ABLATIONS),
     slug="[^/]+",
 
 

@@ -46,7 +46,7 @@ def main() -> None:
         for step in range(args.steps):
             batch = pairs[step * args.batch_size : (step + 1) * args.batch_size]
             start = time.perf_counter()
-            scores, balance = disc(render_pairs(processor, batch), router_aux=True)
+            scores, balance = disc(render_pairs(processor, batch, sees_images=True), router_aux=True)
             teacher, student = scores.chunk(2)
             (bradley_terry(teacher, student) + 0.01 * balance).backward()
             optimizer.step()

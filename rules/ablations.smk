@@ -7,18 +7,50 @@ use rule warmup_discriminator as warmup_dense_discriminator with:
         data=f"{RESULTS}/data/warmup/{MANIFEST}",
         code=code("discriminator", "data"),
     output:
-        manifest=f"{RESULTS}/models/discriminator/dense/{MANIFEST}",
+        manifest=ABLATION_DISCRIMINATORS["dense_discriminator"],
     log:
         f"{RESULTS}/logs/discriminator/warmup-dense.log",
     params:
-        config=as_arg(
+        config=warmup_config("dense"),
+        work=work_dir("discriminator", "warmup-dense"),
+
+
+use rule warmup_discriminator as warmup_text_only_discriminator with:
+    output:
+        manifest=ABLATION_DISCRIMINATORS["text_only_discriminator"],
+    log:
+        f"{RESULTS}/logs/discriminator/warmup-text-only.log",
+    params:
+        config=warmup_config("moe", sees_images=False),
+        work=work_dir("discriminator", "warmup-text-only"),
+
+
+use rule prepare_dataset as prepare_sft_subset with:
+    localrule: True
+    output:
+        manifest=f"{RESULTS}/data/{{dataset}}-subset/{MANIFEST}",
+    log:
+        f"{RESULTS}/logs/data/prepare-{{dataset}}-subset.log",
+    params:
+        spec=as_arg(
             {
-                "architecture": "dense",
-                "value_head_dropout": CFG.discriminator.value_head_dropout,
-                "warmup": CFG.discriminator.warmup.model_dump(exclude={"resources"}),
+                "max_rejected_fraction": CFG.data.max_rejected_fraction,
+                "parts": CFG.ablations.sft_subset,
             }
         ),
-        work=work_dir("discriminator", "warmup-dense"),
+
+
+use rule sft as sft_subset with:
+    input:
+        model=lambda wc: base_model(CFG.policy(wc.policy).model),
+        data=f"{RESULTS}/data/sft-subset/{MANIFEST}",
+        code=code("sft", "data", "cluster"),
+    output:
+        manifest=subset_sft_checkpoint("{policy}"),
+    log:
+        f"{RESULTS}/logs/ablations/sft_subset/{{policy}}/sft.log",
+    params:
+        work=lambda wc: work_dir("ablations", "sft_subset", wc.policy, "sft"),
 
 
 use rule align as align_ablation with:

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 sys.path.insert(0, workflow.basedir)
 
-from prism.core.config import ConfigError, load_config  # noqa: E402
+from prism.core.config import TRAINED_ABLATIONS, ConfigError, load_config  # noqa: E402
 
 try:
     CFG = load_config(config)
@@ -58,6 +58,18 @@ def warmup_launcher() -> str:
     if warmup.engine == "cpu":
         return "python"
     return launch_command(warmup.resources.gpus, warmup.grad_accum)
+
+
+def warmup_config(architecture: str, sees_images: bool = True) -> str:
+    """The warmup job's slice: the moe discriminator of the recipe, or an ablation's dense or text-only one."""
+    return as_arg(
+        {
+            "architecture": architecture,
+            "sees_images": sees_images,
+            "value_head_dropout": CFG.discriminator.value_head_dropout,
+            "warmup": CFG.discriminator.warmup.model_dump(exclude={"resources"}),
+        }
+    )
 
 
 def ray_launcher(stage) -> str:
@@ -155,17 +167,29 @@ def rl_checkpoint(policy: str, init: str, algo: str) -> str:
     return f"{RESULTS}/models/rl/{policy}/{init}-{algo}/{MANIFEST}"
 
 
+# The discriminators that ablations warm instead of the recipe's.
+ABLATION_DISCRIMINATORS = {
+    "dense_discriminator": f"{RESULTS}/models/discriminator/dense/{MANIFEST}",
+    "text_only_discriminator": f"{RESULTS}/models/discriminator/text-only/{MANIFEST}",
+}
+
+
+def subset_sft_checkpoint(policy: str) -> str:
+    return f"{RESULTS}/models/ablations/sft_subset/{policy}/sft/{MANIFEST}"
+
+
 def ablation_start(wildcards) -> str:
-    """Where an ablation's alignment starts: the base model without SFT, else the SFT checkpoint."""
+    """Where an ablation's alignment starts: the base model without SFT, the SFT on a subset, else the
+    recipe's SFT checkpoint."""
     if wildcards.ablation == "no_sft":
         return base_model(CFG.policy(wildcards.policy).model)
+    if wildcards.ablation == "sft_subset":
+        return subset_sft_checkpoint(wildcards.policy)
     return sft_checkpoint(wildcards.policy)
 
 
 def ablation_discriminator(wildcards) -> str:
-    if wildcards.ablation == "dense_discriminator":
-        return f"{RESULTS}/models/discriminator/dense/{MANIFEST}"
-    return discriminator_checkpoint()
+    return ABLATION_DISCRIMINATORS.get(wildcards.ablation, discriminator_checkpoint())
 
 
 def variant_checkpoint(wildcards) -> str:
@@ -206,8 +230,13 @@ def trained_runs() -> list[str]:
             f"{RESULTS}/models/ablations/{setting}/{policy}/prism/{MANIFEST}"
             for setting in CFG.ablations.trained()
         }
-        if "dense_discriminator" in CFG.ablations.settings:
-            built.add(f"{RESULTS}/models/discriminator/dense/{MANIFEST}")
+        built |= {
+            ABLATION_DISCRIMINATORS[setting]
+            for setting in CFG.ablations.settings
+            if setting in ABLATION_DISCRIMINATORS
+        }
+        if "sft_subset" in CFG.ablations.settings:
+            built.add(subset_sft_checkpoint(policy))
     return sorted(path for path in built if not path.startswith(f"{INPUTS}/released/"))
 
 
@@ -220,14 +249,18 @@ def rl_slice(algo: str) -> str:
     return as_arg(CFG.rl.job_slice(algo))
 
 
+BENCHMARK_CACHE = f"{INPUTS}/benchmarks/{MANIFEST}"
+
+
 def evaluation_inputs(wildcards) -> dict:
-    """The model, and what its engine reads beside it: the synthetic sets (cpu) or the judge (lmms_eval,
-    which fetches the benchmarks itself)."""
+    """The model, and what its engine reads beside it: the synthetic sets (cpu), or the judge and the
+    benchmarks' data sets fetched for lmms-eval (lmms_eval)."""
     inputs = {"model": variant_checkpoint(wildcards)}
     if CFG.eval.engine == "cpu":
         inputs["data"] = f"{RESULTS}/data/bench/{MANIFEST}"
     else:
         inputs["judge"] = base_model(CFG.eval.judge.model)
+        inputs["benchmarks"] = BENCHMARK_CACHE
     return inputs
 
 

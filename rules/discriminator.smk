@@ -38,13 +38,7 @@ rule warmup_discriminator:
     resources:
         **gpu_resources(CFG.discriminator.warmup.resources),
     params:
-        config=as_arg(
-            {
-                "architecture": "moe",
-                "value_head_dropout": CFG.discriminator.value_head_dropout,
-                "warmup": CFG.discriminator.warmup.model_dump(exclude={"resources"}),
-            }
-        ),
+        config=warmup_config("moe"),
         work=work_dir("discriminator", "warmup"),
         launcher=warmup_launcher(),
     shell:

@@ -1,3 +1,27 @@
+rule fetch_benchmarks:
+    """The benchmarks' data sets, downloaded once by lmms-eval's own tasks into a cache the evaluation jobs
+    read offline."""
+    input:
+        code=code("eval"),
+    output:
+        manifest=BENCHMARK_CACHE,
+    log:
+        f"{RESULTS}/logs/eval/fetch-benchmarks.log",
+    localrule: True
+    conda:
+        env("lmms_eval")
+    params:
+        tasks=as_arg(
+            {
+                benchmark: CFG.eval.scoring[benchmark].tasks
+                for benchmark in CFG.eval.benchmarks
+            }
+        ),
+    shell:
+        "python -m prism.eval.fetch --config {params.tasks}"
+        " --out $(dirname {output.manifest}) > {log} 2>&1"
+
+
 rule evaluate:
     """All configured benchmarks for one model variant (one judge server per job)."""
     input:
@@ -20,7 +44,7 @@ rule evaluate:
         config=as_arg(CFG.eval.stage_slice()),
         inputs=lambda wc, input: " ".join(
             f"--{name} {Path(input[name]).parent}"
-            for name in ("data", "judge")
+            for name in ("data", "judge", "benchmarks")
             if name in input.keys()
         ),
         allocation=allocation(CFG.eval.resources),

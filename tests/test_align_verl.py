@@ -25,6 +25,7 @@ from prism.verl import align, models
 from prism.verl.align_batch import (
     assistant_turn_end_ids,
     discriminator_metrics,
+    discriminator_prompt,
     discriminator_reward,
     discriminator_tensordict,
     group_index,
@@ -240,6 +241,29 @@ def test_segment_rows_reproduce_the_cpu_engines_rendering_and_mrope_positions(ti
         assert torch.equal(row["position_ids"][1:], full_rope[:, 0])
         assert row["loss_mask"].tolist() == [0] * len(prompt_ids) + [1] * len(segment_ids)
         assert row["multi_modal_inputs"] is mm
+
+
+def test_a_text_only_discriminator_scores_the_cpu_engines_text_only_rendering(tiny_dir, example):
+    processor, model = load_processor(str(tiny_dir)), load_model(str(tiny_dir))
+    tokenizer, image = processor.tokenizer, example.scene.image()
+    prompt = encode(processor, [chat_text(processor, prompt_messages(example.question))], [image])
+    prompt_ids = prompt["input_ids"]
+    rope = model.model.get_rope_index(prompt_ids, prompt["mm_token_type_ids"], prompt["image_grid_thw"])
+    prompt_positions = torch.cat([torch.arange(prompt_ids.shape[1])[None], rope[0][:, 0]])
+    mm = {"pixel_values": prompt["pixel_values"], "image_grid_thw": prompt["image_grid_thw"]}
+    span = tuple(tokenizer.convert_tokens_to_ids(["<|vision_start|>", "<|vision_end|>"]))
+
+    assert discriminator_prompt(prompt_ids[0], prompt_positions, mm, None)[2] is mm  # sees images
+    ids, positions, pixels = discriminator_prompt(prompt_ids[0], prompt_positions, mm, span)
+    assert pixels == {} and positions.shape == (4, len(ids))
+    segment = parse_response(example.teacher_response()).reasoning
+    end = assistant_turn_end_ids(processor, tokenizer)
+    segment_ids = tokenizer.encode(segment, add_special_tokens=False) + end
+    row = segment_row(ids, positions, segment_ids, pixels)
+    rendered = render(processor, [example.question], None, [segment])
+    assert torch.equal(row["input_ids"], rendered["input_ids"][0])
+    # text positions on all four rows: what the model computes for text-only inputs
+    assert (row["position_ids"] == torch.arange(len(row["input_ids"]))).all()
 
 
 # ---- (e) the native token-classification discriminator loads with its head, or not at all ----

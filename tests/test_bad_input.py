@@ -133,6 +133,7 @@ def stage(tiny_config, tmp_path):
         "prism.align": cfg.align.stage_slice(),
         "prism.discriminator": {
             "architecture": "moe",
+            "sees_images": True,
             "value_head_dropout": 0.1,
             "warmup": cfg.discriminator.warmup.model_dump(exclude={"resources"}),
         },

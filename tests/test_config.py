@@ -70,6 +70,17 @@ def test_bad_config_is_refused_naming_the_key(paper_config, path, value, expecte
         assert fragment in str(err.value)
 
 
+def test_the_sft_subset_ablation_trains_on_some_of_the_sft_sets_repos(paper_config):
+    config = bad(paper_config, "ablations.settings", ["sft_subset"])
+    assert load_config(config).data.sft.parts() == ["gemini_distill", "gemini_public_mmr1"]
+    for subset in ([], ["gemini_distill", "gemini_public_mmr1"], ["gemini_distill", "mmr1"]):
+        with pytest.raises(ConfigError, match="must name some, not all, of the SFT set's parts"):
+            load_config(bad(config, "ablations.sft_subset", subset))
+    one_repo = bad(config, "data.sft.hf", {"repo": "prism-vlm/gemini_distill"})
+    with pytest.raises(ConfigError, match=r"parts \[\]"):
+        load_config(one_repo)
+
+
 def test_snakemake_refuses_a_bad_config_without_a_traceback(workflow_copy):
     overlay = write_config(workflow_copy, "bad.yaml", {"rl": {"algorithms": ["grpo", "ppo"], "lrr": 1}})
     result = snakemake(workflow_copy, "-n", "--configfile", overlay)

@@ -3,18 +3,15 @@ source fetches each repo at its resolved commit into its own folder and lists ev
 manifest.json, written last. The token comes from HF_TOKEN alone and shows up in no output and no file; a
 gated repo or a broken download stops with what to do and writes no manifest, and a rerun resumes."""
 
-import hashlib
 import json
 import os
 import subprocess
 import sys
-import threading
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 import pytest
+from fake_hub import FakeHub, commit_of, running_hub
 
 SHARDS = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
 MODEL = {  # what a policy checkpoint must hold; the weights are opaque bytes to the download
@@ -28,94 +25,10 @@ MODEL = {  # what a policy checkpoint must hold; the weights are opaque bytes to
 DATASET = {"README.md": b"# tiny\n", "data/train.jsonl": b'{"q": "1+1", "a": "2"}\n' * 20}
 
 
-def commit_of(repo: str) -> str:
-    return hashlib.sha1(repo.encode()).hexdigest()
-
-
-def git_blob_id(content: bytes) -> str:
-    return hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
-
-
-class FakeHub(ThreadingHTTPServer):
-    """What huggingface_hub's repo_info and snapshot_download ask: repo info, the file tree, HEAD and GET of
-    /resolve. Every request is recorded as (method, path, Authorization header)."""
-
-    def __init__(self):
-        super().__init__(("127.0.0.1", 0), HubHandler)
-        self.repos: dict[tuple[str, str], dict[str, bytes]] = {}  # (models|datasets, repo id) -> files
-        self.gated: set[str] = set()
-        self.broken: dict[str, str] = {}  # file path -> how its GET fails: "500" or "drop" (no answer)
-        self.requests: list[tuple[str, str, str | None]] = []
-
-    def gets(self, path_end: str) -> int:
-        return sum(method == "GET" and path.endswith(path_end) for method, path, _ in self.requests)
-
-    def authorizations(self, repo: str) -> set[str | None]:
-        return {auth for _, path, auth in self.requests if f"/{repo}/" in path}
-
-
-class HubHandler(BaseHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-    def do_HEAD(self):
-        self.answer(head=True)
-
-    def do_GET(self):
-        self.answer(head=False)
-
-    def send(self, status: int, body: bytes = b"", head: bool = False, **headers: str) -> None:
-        self.send_response(status)
-        for name, value in {"Content-Length": str(len(body)), **headers}.items():
-            self.send_header(name.replace("_", "-"), value)
-        self.end_headers()
-        if not head:
-            self.wfile.write(body)
-
-    def answer(self, head: bool) -> None:
-        hub: FakeHub = self.server
-        path = unquote(urlsplit(self.path).path)
-        hub.requests.append((self.command, path, self.headers.get("Authorization")))
-        parts = path.strip("/").split("/") + [""] * 5
-        if parts[0] == "api":  # /api/{models,datasets}/{org}/{name}/{revision,tree}/{rev}
-            kind, repo, action, filename = parts[1], "/".join(parts[2:4]), parts[4], ""
-        else:  # [/datasets]/{org}/{name}/resolve/{rev}/{file path}
-            kind = "datasets" if parts[0] == "datasets" else "models"
-            parts = parts[1:] if kind == "datasets" else parts
-            repo, action, filename = "/".join(parts[:2]), parts[2], "/".join(p for p in parts[4:] if p)
-        if repo in hub.gated:
-            self.send(401, X_Error_Code="GatedRepo", X_Error_Message=f"Access to {repo} is restricted.")
-            return
-        files = hub.repos.get((kind, repo))
-        if files is None or action not in ("revision", "tree", "resolve"):
-            self.send(404, head=head, X_Error_Code="RepoNotFound", X_Error_Message="Repository not found")
-        elif action == "revision":
-            siblings = [{"rfilename": name} for name in files]
-            self.send(200, json.dumps({"id": repo, "sha": commit_of(repo), "siblings": siblings}).encode())
-        elif action == "tree":
-            tree = [
-                {"type": "file", "path": n, "size": len(c), "oid": git_blob_id(c)} for n, c in files.items()
-            ]
-            self.send(200, json.dumps(tree).encode())
-        elif filename not in files:
-            self.send(404, head=head, X_Error_Code="EntryNotFound", X_Repo_Commit=commit_of(repo))
-        elif not head and hub.broken.get(filename) == "drop":
-            self.close_connection = True  # the connection ends without an answer
-        elif not head and filename in hub.broken:
-            self.send(500, b"upstream failure")
-        else:
-            meta = {"X-Repo-Commit": commit_of(repo), "ETag": f'"{git_blob_id(files[filename])}"'}
-            self.send(200, files[filename], head=head, **meta)
-
-
 @pytest.fixture
 def hub():
-    server = FakeHub()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with running_hub() as server:
+        yield server
 
 
 def fetch(hub: FakeHub, tmp_path: Path, kind: str, name: str, hf: dict, out: Path):

@@ -10,6 +10,7 @@ import torch
 
 from prism.core.modeling import encode, generate, load_model, load_processor
 from prism.core.prompts import prompt_messages
+from prism.core.segments import parse_response
 from prism.data import synthetic
 from prism.data.__main__ import main as make_data
 from prism.discriminator.model import Discriminator, DiscriminatorError, render
@@ -128,6 +129,37 @@ def test_teacher_and_student_segments_end_on_the_same_scored_token(tiny_dir, row
     assert inputs["attention_mask"][:, -1].all()
 
 
+def test_a_text_only_discriminator_renders_the_same_tokens_without_the_image(tiny_dir, rows, tmp_path):
+    from prism.align.cpu import score_segments
+    from prism.core.modeling import chat_text
+
+    processor = load_processor(str(tiny_dir))
+    example, tokenizer = rows[0]["example"], processor.tokenizer
+    teacher = parse_response(example.teacher_response())
+    text_only = render(processor, [example.question], None, [teacher.caption])
+    assert set(text_only) == {"input_ids", "attention_mask"}  # no pixels, no image tokens
+    templated = chat_text(processor, prompt_messages(example.question), teacher.caption)
+    span = "<|vision_start|><|image_pad|><|vision_end|>"
+    assert span in templated
+    expected = [token for part in templated.split(span) for token in tokenizer.encode(part)]
+    assert text_only["input_ids"][0].tolist() == expected
+
+    Discriminator(load_model(str(tiny_dir)), dropout=0.1, sees_images=False).save(tmp_path / "text")
+    Discriminator(load_model(str(tiny_dir)), dropout=0.1).save(tmp_path / "seeing")
+    align_rows = [{"extra_info": {"question": example.question}, "image": rows[0]["image"]}]
+    other_image = [dict(align_rows[0], image=rows[1]["image"])]  # the same question, another image
+    for name, changes_with_image in (("text", False), ("seeing", True)):
+        disc = Discriminator.load(tmp_path / name).eval()
+        assert disc.sees_images is not (name == "text")
+        with torch.no_grad():
+            scores = [
+                score_segments(disc, processor, r, [teacher.caption], [teacher.reasoning], clip=10.0)
+                for r in (align_rows, other_image)
+            ]
+        same = all(torch.equal(a, b) for a, b in zip(*scores, strict=True))
+        assert same is not changes_with_image
+
+
 def test_a_released_discriminator_with_its_head_inside_the_shards_loads(tiny_dir, rows, tmp_path):
     from safetensors.torch import load_file, save_file
 
@@ -232,6 +264,7 @@ def test_warmup_shares_batches_across_processes_and_learns(tiny_dir, tmp_path):
     )
     config = {
         "architecture": "moe",
+        "sees_images": True,
         "value_head_dropout": 0.1,
         "warmup": {
             "engine": "cpu",

@@ -11,10 +11,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from fake_hub import running_hub
 
 from conftest import ROOT
 from prism.core.config import load_config
 from prism.core.prompts import SYSTEM_PROMPT
+from prism.eval.fetch import benchmark_environment
 from prism.eval.lmms import chat_template, judge_environment, judge_server, lmms_eval_command
 from prism.eval.lmms_tasks import VARIANTS
 from prism.eval.normalise import ResultsError, benchmark_record, normalise
@@ -335,6 +337,62 @@ def test_a_real_lmms_eval_run_of_our_variant_is_normalised_into_the_benchmark_re
         assert "Reference answer:\nB" in prompt and "<caption>two bars</caption><answer>A</answer>" in prompt
 
 
+# A data set card naming the split's files, as the Hub's parquet repos have
+CARD = b"---\nconfigs:\n- config_name: default\n  data_files: [{split: testmini, path: data/*}]\n---\n"
+
+
+@pytest.mark.lmms_eval
+@needs_lmms_eval
+def test_benchmarks_fetched_once_are_evaluated_offline_from_the_cache(tmp_path, paper_eval):
+    """fetch_benchmarks has lmms-eval build our MathVista variant against a Hub (a fake one on localhost
+    serving AI4Math/MathVista), which fills the cache; an lmms-eval run in the evaluation job's environment
+    then reads only that cache, without one request to the Hub."""
+    mathvista_rows(tmp_path / "testmini.parquet", ["A", "B", "A"])
+    cache, spec = tmp_path / "benchmarks", {"mathvista": ["prism_mathvista_testmini_cot"]}
+    with running_hub() as hub:
+        endpoint = {"HF_ENDPOINT": f"http://127.0.0.1:{hub.server_port}", "NO_PROXY": "127.0.0.1"}
+        online = endpoint | {"HF_HUB_OFFLINE": "0", "HF_DATASETS_OFFLINE": "0", "HF_HUB_DISABLE_XET": "1"}
+        command = ["-m", "prism.eval.fetch", "--config", json.dumps(spec), "--out", str(cache)]
+        missing = lmms(*command, cwd=tmp_path, HF_TOKEN="hf_test", **online)  # the task asks for a token
+        assert missing.returncode != 0 and not (cache / "manifest.json").exists()
+        assert "fetch: mathvista: lmms-eval could not load the data sets of" in missing.stderr
+        assert "No manifest was written" in missing.stderr and "Traceback" not in missing.stderr
+
+        rows = (tmp_path / "testmini.parquet").read_bytes()
+        hub.repos[("datasets", "AI4Math/MathVista")] = {"README.md": CARD, "data/testmini.parquet": rows}
+        fetched = lmms(*command, cwd=tmp_path, HF_TOKEN="hf_test", **online)
+        assert fetched.returncode == 0, fetched.stderr[-3000:]
+        manifest = json.loads((cache / "manifest.json").read_text())
+        assert manifest["metrics"]["mathvista"]["prism_mathvista_testmini_cot"] == {
+            "dataset": "AI4Math/MathVista",
+            "config": None,
+            "split": "testmini",
+            "rows": 3,
+        }
+        asked = len(hub.requests)
+
+        job = endpoint | benchmark_environment(cache, offline=True)
+        response = "<caption>two bars</caption><think>the left one</think><answer>A</answer>"
+        flags = ["--model", "dummy", "--model_args", f"response={response}"]
+        flags += ["--tasks", "prism_mathvista_testmini_cot", "--include_path", str(cache / "tasks")]
+        flags += ["--batch_size", "1", "--output_path", "out", "--verbosity", "DEBUG"]
+        # with a token, as a job may have one: only the offline variables keep it from asking the Hub
+        env = os.environ | job | {"HF_TOKEN": "hf_test", "HF_HOME": str(tmp_path / "job-home")}
+        result = subprocess.run(
+            [str(LMMS_PYTHON), "-m", "lmms_eval", *flags],
+            cwd=tmp_path,
+            env=env | {"OPENAI_API_KEY": "EMPTY"},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert hub.requests[asked:] == []
+    assert normalise("mathvista", paper_eval["scoring"]["mathvista"], tmp_path / "out")["score"] == (
+        pytest.approx(66.67)
+    )
+
+
 @pytest.mark.lmms_eval
 @needs_lmms_eval
 @pytest.mark.parametrize(("verdict", "accuracy"), [("1", 1.0), ("0", 0.0)])
@@ -397,7 +455,8 @@ FAKE_LMMS_EVAL = textwrap.dedent(
     out, tasks = Path(sys.argv[1]), sys.argv[2].split(",")
     if os.environ.get("FAIL_ON") in tasks:
         sys.exit(1)
-    seen = {k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "OPENAI_API_URL", "PRISM_JUDGE_URL")}
+    judge = ("CUDA_VISIBLE_DEVICES", "OPENAI_API_URL", "PRISM_JUDGE_URL")
+    seen = {k: os.environ.get(k) for k in (*judge, "HF_HUB_OFFLINE", "HF_HUB_CACHE")}
     (out / "models__ckpt").mkdir(parents=True)
     results = {t: {"mmmu_acc,none": 0.5, "aAcc,none": 61.0, "llm_as_judge_eval,none": 70.0} for t in tasks}
     samples = {t: {"original": 10, "effective": 10} for t in tasks}
@@ -441,8 +500,8 @@ def test_an_evaluation_job_serves_the_judge_runs_each_benchmark_and_resumes(
     cfg["judge"] = cfg["judge"] | {"port": free_port(), "startup_timeout_s": 30}
     write_manifest(tmp_path / "judge" / "manifest.json", "judge", [], {})
     args = SimpleNamespace(
-        config=cfg, model=tiny_dir, judge=tmp_path / "judge", out=tmp_path / "out", work=tmp_path / "work",
-        gpus_per_node=4, inputs=[tiny_dir, tmp_path / "judge"],
+        config=cfg, model=tiny_dir, judge=tmp_path / "judge", benchmarks=tmp_path / "benchmarks",
+        out=tmp_path / "out", work=tmp_path / "work", gpus_per_node=4, inputs=[tiny_dir, tmp_path / "judge"],
     )  # fmt: skip
 
     monkeypatch.setenv("FAIL_ON", "prism_mmmu_pro_vision")
@@ -466,6 +525,8 @@ def test_an_evaluation_job_serves_the_judge_runs_each_benchmark_and_resumes(
     assert seen["CUDA_VISIBLE_DEVICES"] == "1,2,3"  # GPU 0 serves the judge
     assert seen["OPENAI_API_URL"].endswith("/v1/chat/completions") and seen["PRISM_JUDGE_URL"].endswith("/v1")
     assert scores["mmmu"]["lmms_eval"]["seen"]["OPENAI_API_URL"] is None  # no judge family for MMMU
+    # the data sets come from the fetched cache, offline
+    assert (seen["HF_HUB_OFFLINE"], seen["HF_HUB_CACHE"]) == ("1", str(tmp_path / "benchmarks" / "hub"))
     manifest = json.loads((args.out / "manifest.json").read_text())
     assert manifest["metrics"] == {"mmmu": 49.0, "hallusionbench": 61.0, "mmmu_pro": 50.0}
     assert SYSTEM_PROMPT.splitlines()[0] in (args.work / "chat_template.jinja").read_text()

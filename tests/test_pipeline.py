@@ -40,8 +40,11 @@ def test_table_has_one_full_row_per_variant(finished):
     versus = read_csv(finished / "results/tables/main_vs_paper.csv")
     assert len(versus) == len(variants) * 8 and all(r["paper"] == "" for r in versus)
     ablations = read_csv(finished / "results/tables/ablations.csv")
-    settings = ["prism-grpo (full)", "without alignment", "without SFT", "dense 4B discriminator"]
-    assert [r["setting"] for r in ablations] == settings and all(r["Avg"] for r in ablations)
+    paper = read_csv(finished / "config/paper_ablations.csv")
+    assert [r["setting"] for r in ablations] == [r["setting"] for r in paper]  # every row, the paper's order
+    assert all(r["Avg"] for r in ablations)
+    full = [r for r in ablations if r["setting"] in ("prism-grpo (full)", "SFT on 1.37M")]
+    assert full[0] | {"setting": ""} == full[1] | {"setting": ""}  # one run, shown twice as in the paper
 
 
 def test_training_learns(finished):
@@ -58,11 +61,32 @@ def test_training_learns(finished):
 def test_every_artifact_has_a_manifest_naming_its_inputs(finished):
     manifests = list((finished / "results").rglob("manifest.json"))
     # models and data sets as built, the prepared sets, bench, sft, disc, align, rl, eval, and the
-    # ablations: the dense discriminator, two alignments, two RL runs and their evaluations
-    assert len(manifests) == 2 + 4 + 4 + 1 + 1 + 2 + 1 + 6 + 9 + 1 + 2 + 2 + 2
+    # ablations: the SFT subset and its SFT, the dense and text-only discriminators, four alignments, four RL
+    # runs and their evaluations
+    assert len(manifests) == 2 + 4 + 4 + 1 + 1 + 2 + 1 + 6 + 9 + 1 + 1 + 2 + 4 + 4 + 4
     rl = json.loads((finished / "results/models/rl/tiny/prism-dapo/manifest.json").read_text())
     assert set(rl["inputs"]) == {"results/models/prism/tiny/manifest.json", "results/data/rl/manifest.json"}
     assert rl["config"]["algorithm"]["clip_ratio_high"] == 0.28
+
+
+def test_each_trained_ablation_changes_its_one_input(finished):
+    def manifest(path):
+        return json.loads((finished / "results" / path / "manifest.json").read_text())
+
+    def sees_images(path):
+        return json.loads((finished / "results" / path / "discriminator.json").read_text())["sees_images"]
+
+    assert sees_images("models/discriminator/warm") and not sees_images("models/discriminator/text-only")
+    text_only = manifest("models/ablations/text_only_discriminator/tiny/prism")["inputs"]
+    assert "results/models/discriminator/text-only/manifest.json" in text_only
+    assert "results/models/sft/tiny/manifest.json" in text_only
+    subset = manifest("data/sft-subset")["metrics"]
+    assert (subset["parts"], subset["read"], subset["kept"]) == (["gemini_distill"], 384, 384)
+    subset_sft = manifest("models/ablations/sft_subset/tiny/sft")
+    assert "results/data/sft-subset/manifest.json" in subset_sft["inputs"]
+    assert subset_sft["metrics"]["steps"] * 2 == manifest("models/sft/tiny")["metrics"]["steps"]
+    subset_align = manifest("models/ablations/sft_subset/tiny/prism")["inputs"]
+    assert "results/models/ablations/sft_subset/tiny/sft/manifest.json" in subset_align
 
 
 def test_tiny_sets_pass_the_same_row_checks_as_the_downloads_whole(finished):
@@ -101,7 +125,7 @@ def test_a_code_change_reruns_the_stage_that_runs_it(finished):
         counts = rule_counts(finished, ["config/tiny.yaml"])
     finally:
         module.write_text(original)
-    assert counts == {"rl": 6, "rl_ablation": 2, "evaluate": 6 + 2, "tables": 1, "all": 1}
+    assert counts == {"rl": 6, "rl_ablation": 4, "evaluate": 6 + 4, "tables": 1, "all": 1}
 
 
 def test_report_holds_the_tables_the_comparison_and_the_curves(finished):

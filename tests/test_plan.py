@@ -16,6 +16,7 @@ PAPER_JOBS = {
     "fetch_model": 4,  # two policies, the discriminator base, the judge
     "fetch_dataset": 4,
     "prepare_dataset": 4,
+    "fetch_benchmarks": 1,
     "sft": 2,
     "upcycle": 1,
     "warmup_discriminator": 1,
@@ -35,11 +36,31 @@ def test_paper_plan_lists_every_job_with_gpu_hours():
     assert counts(jobs) == PAPER_JOBS
     rl = [j for j in jobs if j.rule == "rl"]
     assert {(j.gpus, j.nodes, j.hours, j.local) for j in rl} == {(8, 1, 72.0, False)}
-    local = ("fetch_model", "fetch_dataset", "prepare_dataset", "tables")
+    local = ("fetch_model", "fetch_dataset", "prepare_dataset", "fetch_benchmarks", "tables")
     assert all(j.local for j in jobs if j.rule in local)
     table = summarize(jobs)
     assert "rl" in table and "6912.0" in table  # 12 runs x 8 GPUs x 72 h
-    assert table.splitlines()[-1].split()[:2] == ["total", "49"]
+    assert table.splitlines()[-1].split()[:2] == ["total", "50"]
+
+
+def test_every_ablation_row_adds_its_own_chain_to_the_paper_plan(workflow_copy):
+    settings = ["dense_discriminator", "text_only_discriminator", "no_sft", "no_alignment", "sft_subset"]
+    overlay = write_config(workflow_copy, "ablations.yaml", {"ablations": {"settings": settings}})
+    jobs = plan_jobs(workflow_copy, [overlay], ["results/tables/main.csv"], forceall=True)
+    added = Counter(counts(jobs)) - Counter(PAPER_JOBS)
+    assert added == {
+        "prepare_sft_subset": 1,
+        "sft_subset": 1,
+        "warmup_dense_discriminator": 1,
+        "warmup_text_only_discriminator": 1,
+        "align_ablation": 4,  # no_alignment reuses the main sft-grpo run
+        "rl_ablation": 4,
+        "evaluate": 4,
+    }
+    assert all(j.local for j in jobs if j.rule == "prepare_sft_subset")
+    subset = next(j for j in jobs if j.rule == "prepare_sft_subset")
+    assert subset.wildcards == {"dataset": "sft"}
+    assert summarize(jobs).splitlines()[-1].split() == ["total", "66", "13793.0"]
 
 
 def test_tiny_plan_runs_the_same_stages_on_synthetic_inputs():
@@ -48,16 +69,19 @@ def test_tiny_plan_runs_the_same_stages_on_synthetic_inputs():
         "fetch_model": 2,
         "fetch_dataset": 4,
         "prepare_dataset": 4,
+        "prepare_sft_subset": 1,
         "make_benchmarks": 1,
         "sft": 1,
+        "sft_subset": 1,
         "upcycle": 1,
         "warmup_discriminator": 1,
         "warmup_dense_discriminator": 1,
+        "warmup_text_only_discriminator": 1,
         "align": 1,
-        "align_ablation": 2,
+        "align_ablation": 4,
         "rl": 6,
-        "rl_ablation": 2,
-        "evaluate": 9 + 2,  # the table's rows and the two trained ablation rows
+        "rl_ablation": 4,
+        "evaluate": 9 + 4,  # the table's rows and the four trained ablation rows
         "tables": 1,
     }
 
@@ -80,6 +104,7 @@ def test_reduced_config_and_released_checkpoints_shrink_the_plan(workflow_copy):
         "fetch_dataset": 2,
         "prepare_dataset": 2,
         "fetch_released": 2,
+        "fetch_benchmarks": 1,
         "align": 1,
         "rl": 1,
         "evaluate": 3,
@@ -102,8 +127,14 @@ def test_released_sft_drops_the_sft_jobs_and_the_downloads_only_they_needed(work
 
 def test_released_config_plans_only_downloads_evaluations_and_tables():
     jobs = plan_jobs(ROOT, [ROOT / "config" / "released.yaml"], ["results/tables/main.csv"], forceall=True)
-    assert counts(jobs) == {"fetch_model": 2, "fetch_released": 5, "evaluate": 6, "tables": 1}  # base, judge
-    assert summarize(jobs).splitlines()[-1].split() == ["total", "14", "384.0"]  # 6 x 8 GPUs x 8 h
+    assert counts(jobs) == {
+        "fetch_model": 2,  # the base model and the judge
+        "fetch_released": 5,
+        "fetch_benchmarks": 1,
+        "evaluate": 6,
+        "tables": 1,
+    }
+    assert summarize(jobs).splitlines()[-1].split() == ["total", "15", "384.0"]  # 6 x 8 GPUs x 8 h
 
 
 def sbatch_flags(workflow_dir, configfiles=()) -> dict[str, list[str]]:

@@ -31,8 +31,8 @@ def test_every_problem_is_listed_at_once(workflow_copy):
         "cluster.partition is empty but the Slurm profile submits GPU jobs (align, evaluate, rl, sft,",
         "cluster.account is empty",
         "paths.disk_gb.work (1e+09)",
-        "gated repos ['prism-vlm/qwen3_vl_moe_warmup_pairwise_120k'] will be downloaded but no Hugging "
-        "Face token was found; set HF_TOKEN",
+        "gated repos ['prism-vlm/qwen3_vl_moe_warmup_pairwise_120k'] and the benchmarks (lmms-eval's tasks "
+        "ask for one) will be downloaded but no Hugging Face token was found; set HF_TOKEN",
     ):
         assert expected in result.stderr
 

@@ -171,6 +171,30 @@ def test_warmup_lines_need_every_segment_and_their_image(tmp_path):
     assert "rejected 1: image file missing" in result.stdout
 
 
+def test_an_sft_set_from_several_repos_is_prepared_whole_or_in_chosen_parts(tmp_path):
+    raw = tmp_path / "raw"
+    spec = {"source": "synthetic", "synthetic": {"examples": 12, "seed": 0, "parts": ["distill", "public"]}}
+    make_data(["dataset", "--name", "sft", "--config", json.dumps(spec), "--out", str(raw)])
+    (raw / "public" / "README.md").write_text("a repo's card")  # not data
+    whole = prepare("sft", raw, tmp_path / "whole", max_rejected_fraction=0)
+    assert whole.returncode == 0, whole.stderr
+    assert "kept 12 of 12 rows" in whole.stdout  # each part's registry is read, not taken for data
+
+    def subset(parts, out):
+        spec = json.dumps({"max_rejected_fraction": 0, "parts": parts})
+        command = ["-m", "prism.data", "prepare", "--name", "sft", "--config", spec, "--raw", str(raw)]
+        return subprocess.run([sys.executable, *command, "--out", str(out)], capture_output=True, text=True)
+
+    result = subset(["distill"], tmp_path / "distill")
+    assert result.returncode == 0, result.stderr
+    assert "kept 6 of 6 rows" in result.stdout
+    questions = {e["prompt"][-1]["content"] for e in read_sft_examples(tmp_path / "distill")}
+    assert questions < {e["prompt"][-1]["content"] for e in read_sft_examples(tmp_path / "whole")}
+    missing = subset(["mmr1"], tmp_path / "mmr1")
+    assert missing.returncode != 0 and not (tmp_path / "mmr1" / "manifest.json").exists()
+    assert "no part ['mmr1']; its parts are ['distill', 'public']" in missing.stderr
+
+
 @pytest.mark.parametrize("name", ["sft", "warmup", "align", "rl"])
 def test_tiny_mode_synthetic_sets_pass_the_same_preparation_whole(tmp_path, name):
     spec = {"source": "synthetic", "synthetic": {"examples": 8, "seed": 0}}

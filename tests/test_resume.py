@@ -128,6 +128,7 @@ def test_warmup_preempted_mid_run_resumes_from_its_accelerate_state(moe_dir, dat
     }
     config = {
         "architecture": "moe",
+        "sees_images": True,
         "value_head_dropout": cfg.discriminator.value_head_dropout,
         "warmup": warmup,
     }

@@ -34,6 +34,8 @@ STAGE_RESOURCES = {
     "upcycle": ("discriminator", "upcycle"),
     "warmup_discriminator": ("discriminator", "warmup"),
     "warmup_dense_discriminator": ("discriminator", "warmup"),
+    "warmup_text_only_discriminator": ("discriminator", "warmup"),
+    "sft_subset": ("sft",),
     "align": ("align",),
     "align_ablation": ("align",),
     "rl": ("rl",),

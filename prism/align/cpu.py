@@ -26,7 +26,8 @@ def _question(row: dict) -> str:
 
 def score_segments(disc, processor, rows, captions, reasonings, clip: float):
     """Discriminator scores (caption, reasoning) for each row's segments, clipped to +-clip."""
-    questions, images = [_question(r) for r in rows], [r["image"] for r in rows]
+    questions = [_question(r) for r in rows]
+    images = [r["image"] for r in rows] if disc.sees_images else None
     caption = disc(render(processor, questions, images, captions))
     reasoning = disc(render(processor, questions, images, reasonings))
     return caption.clamp(-clip, clip), reasoning.clamp(-clip, clip)

@@ -16,12 +16,16 @@ STAGE_ORDER = [
     "fetch_model",
     "fetch_dataset",
     "prepare_dataset",
+    "prepare_sft_subset",
     "make_benchmarks",
     "fetch_released",
+    "fetch_benchmarks",
     "sft",
+    "sft_subset",
     "upcycle",
     "warmup_discriminator",
     "warmup_dense_discriminator",
+    "warmup_text_only_discriminator",
     "align",
     "align_ablation",
     "rl",
@@ -119,14 +123,15 @@ def summarize(jobs: list[PlannedJob]) -> str:
     by_rule: OrderedDict[str, list[PlannedJob]] = OrderedDict()
     for job in sorted(jobs, key=lambda j: STAGE_ORDER.index(j.rule) if j.rule in STAGE_ORDER else 99):
         by_rule.setdefault(job.rule, []).append(job)
-    lines = [f"{'stage':<22}{'jobs':>6}{'GPUs/job':>10}{'nodes':>7}{'GPU-hours':>12}  where"]
+    width = max([22, *(len(rule) + 2 for rule in by_rule)])
+    lines = [f"{'stage':<{width}}{'jobs':>6}{'GPUs/job':>10}{'nodes':>7}{'GPU-hours':>12}  where"]
     for rule, group in by_rule.items():
         gpus = sorted({j.gpus for j in group})
         nodes = sorted({j.nodes for j in group})
         lines.append(
-            f"{rule:<22}{len(group):>6}{'/'.join(map(str, gpus)):>10}{'/'.join(map(str, nodes)):>7}"
+            f"{rule:<{width}}{len(group):>6}{'/'.join(map(str, gpus)):>10}{'/'.join(map(str, nodes)):>7}"
             f"{sum(j.gpu_hours for j in group):>12.1f}  {'local' if group[0].local else 'slurm'}"
         )
     total = sum(j.gpu_hours for j in jobs)
-    lines.append(f"{'total':<22}{len(jobs):>6}{'':>10}{'':>7}{total:>12.1f}")
+    lines.append(f"{'total':<{width}}{len(jobs):>6}{'':>10}{'':>7}{total:>12.1f}")
     return "\n".join(lines)

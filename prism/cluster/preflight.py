@@ -125,9 +125,13 @@ def preflight(
     if jobs:
         problems += disk_problems(cfg, workflow_dir)
     gated = gated_downloads(cfg, jobs)
-    if gated and not token_present():
+    fetches_benchmarks = any(job.rule == "fetch_benchmarks" for job in jobs)
+    if (gated or fetches_benchmarks) and not token_present():
+        needing = [f"gated repos {gated}"] if gated else []
+        # lmms-eval 0.7.3's MathVista and HallusionBench tasks load their data sets with token=True
+        needing += ["the benchmarks (lmms-eval's tasks ask for one)"] if fetches_benchmarks else []
         problems.append(
-            f"gated repos {gated} will be downloaded but no Hugging Face token was found; set HF_TOKEN in "
-            "the environment or run `hf auth login` (never put the token in a config or a command line)"
+            f"{' and '.join(needing)} will be downloaded but no Hugging Face token was found; set HF_TOKEN "
+            "in the environment or run `hf auth login` (never put the token in a config or a command line)"
         )
     return problems

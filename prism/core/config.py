@@ -127,14 +127,30 @@ class Synthetic(Strict):
     seed: int = 0
 
 
+class SyntheticInParts(Synthetic):
+    # built in these folders, the examples split evenly, as a set fetched from several repos is laid out
+    parts: list[str] = []
+
+
 class Dataset(Sourced):
     source: Literal["hf", "synthetic"]
     hf: HfSource | None = None
     synthetic: Synthetic | None = None
 
 
+class SftDataset(Dataset):
+    synthetic: SyntheticInParts | None = None
+
+    def parts(self) -> list[str]:
+        """The folders the set comes in, one per repo (none when it is one repo)."""
+        if self.source == "synthetic":
+            return self.synthetic.parts
+        repos = [self.hf.repo, *self.hf.extra_repos]
+        return [repo.split("/")[-1] for repo in repos] if len(repos) > 1 else []
+
+
 class Data(Strict):
-    sft: Dataset
+    sft: SftDataset
     warmup: Dataset
     align: Dataset
     rl: Dataset
@@ -401,37 +417,49 @@ class Eval(Strict):
         return self.model_dump(exclude={"resources", "variants", *unused})
 
 
-# An ablation setting -> (its row in paper_ablations.csv, the evaluation variant that measures it).
-ABLATIONS: dict[str, tuple[str, str]] = {
-    "full": ("prism-{algo} (full)", "prism-{algo}"),
-    "no_alignment": ("without alignment", "sft-{algo}"),
-    "no_sft": ("without SFT", "ablation-no_sft"),
-    "dense_discriminator": ("dense 4B discriminator", "ablation-dense_discriminator"),
+# An ablation setting -> its rows: (label in paper_ablations.csv, the evaluation variant that measures it),
+# in the paper's order. "SFT on 1.37M" is the full recipe again, beside its 107K counterpart.
+ABLATIONS: dict[str, list[tuple[str, str]]] = {
+    "full": [("prism-{algo} (full)", "prism-{algo}")],
+    "dense_discriminator": [("dense 4B discriminator", "ablation-dense_discriminator")],
+    "text_only_discriminator": [("text-only discriminator", "ablation-text_only_discriminator")],
+    "no_sft": [("without SFT", "ablation-no_sft")],
+    "no_alignment": [("without alignment", "sft-{algo}")],
+    "sft_subset": [("SFT on 107K only", "ablation-sft_subset"), ("SFT on 1.37M", "prism-{algo}")],
 }
+# the settings that train their own chain; the others reuse runs of the main table
+TRAINED_ABLATIONS = [s for s, rows in ABLATIONS.items() if rows[0][1].startswith("ablation-")]
+AblationSetting = Literal[
+    "dense_discriminator", "text_only_discriminator", "no_sft", "no_alignment", "sft_subset"
+]
 
 
 class Ablations(Strict):
     """Rows of the paper's ablation table for one policy and RL algorithm, beside the full recipe.
-    `no_sft` aligns the base model; `dense_discriminator` warms a dense model and aligns with it;
-    `no_alignment` is the SFT-initialised RL run."""
+    `dense_discriminator` warms a dense model and aligns with it; `text_only_discriminator` warms the
+    upcycled MoE without images and aligns with it; `no_sft` aligns the base model; `no_alignment` is the
+    SFT-initialised RL run; `sft_subset` runs SFT on only the `sft_subset` parts of the SFT set, then the
+    recipe."""
 
     policy: str
     algorithm: Algorithm
-    settings: list[Literal["no_alignment", "no_sft", "dense_discriminator"]]
+    settings: list[AblationSetting]
     dense_discriminator: str  # a key of models
+    sft_subset: list[str] = []  # parts of data.sft (its repos' names) the sft_subset row trains on
     paper_results: str
 
     def rows(self) -> list[tuple[str, str]]:
-        """(paper label, evaluation variant) of each configured row, the full recipe first."""
+        """(paper label, evaluation variant) of each configured row, in the paper's order."""
         return [
             (label.format(algo=self.algorithm), variant.format(algo=self.algorithm))
-            for setting, (label, variant) in ABLATIONS.items()
+            for setting, rows in ABLATIONS.items()
             if setting == "full" or setting in self.settings
+            for label, variant in rows
         ]
 
     def trained(self) -> list[str]:
         """The settings that train their own chain (the others reuse runs of the main table)."""
-        return [s for s in self.settings if ABLATIONS[s][1].startswith("ablation-")]
+        return [s for s in self.settings if s in TRAINED_ABLATIONS]
 
 
 class Tables(Strict):
@@ -512,6 +540,14 @@ class Config(Strict):
             )
         if ablations.algorithm not in self.rl.algorithm:
             problems.append(f"ablations.algorithm: no settings under rl.algorithm.{ablations.algorithm}")
+        if "sft_subset" in ablations.settings:
+            parts = self.data.sft.parts()
+            subset = ablations.sft_subset
+            if not subset or set(subset) - set(parts) or set(subset) == set(parts):
+                problems.append(
+                    f"ablations.sft_subset: {subset} must name some, not all, of the SFT set's parts "
+                    f"{parts} (its repos' names, or data.sft.synthetic.parts)"
+                )
         return problems
 
     def stage_resources(self) -> list[tuple[Resources, str]]:

@@ -153,7 +153,11 @@ def write_parquet(rows: list[dict], path: Path) -> None:
 
 def build_dataset(name: str, spec: dict, out: Path) -> dict:
     examples = synthetic.examples(spec["examples"], spec["seed"])
-    if name == "sft":
+    parts = spec.get("parts") or []
+    if name == "sft" and parts:  # one folder per part, as a set fetched from several repos
+        for k, part in enumerate(parts):
+            write_sft(examples[k :: len(parts)], out / part)
+    elif name == "sft":
         write_sft(examples, out)
     elif name == "warmup":
         write_warmup(examples, out, spec["seed"])
@@ -191,7 +195,7 @@ def checked_spec(args) -> dict:
     """The --config slice, validated as the config file's own block for this artifact."""
     from pydantic import ValidationError
 
-    from prism.core.config import Dataset, Model
+    from prism.core.config import Dataset, Model, SftDataset
 
     if args.kind in ("dataset", "prepare") and args.name not in DATASETS:
         sys.exit(f"python -m prism.data: unknown dataset {args.name!r}; one of {', '.join(DATASETS)}")
@@ -199,7 +203,8 @@ def checked_spec(args) -> dict:
     if args.kind == "prepare":
         return spec
     try:
-        (Model if args.kind == "model" else Dataset).model_validate(spec)
+        block = Model if args.kind == "model" else SftDataset if args.name == "sft" else Dataset
+        block.model_validate(spec)
     except ValidationError as err:
         problems = "; ".join(
             f"{'.'.join(map(str, e['loc'])) or 'top level'}: {e['msg'].removeprefix('Value error, ')}"
@@ -237,7 +242,7 @@ def prepare_dataset(args, spec: dict, out: Path, started: float) -> None:
         sys.exit("python -m prism.data prepare: --raw DIR is required")
     raw = Path(args.raw)
     try:
-        report = prepare(args.name, raw, out, spec["max_rejected_fraction"])
+        report = prepare(args.name, raw, out, spec["max_rejected_fraction"], spec.get("parts", []))
     except InputError as err:
         sys.exit(f"preparing {args.name} from {raw} failed, no manifest written: {err}")
     rejected = report["read"] - report["kept"]

@@ -85,17 +85,25 @@ class Tally:
 
 
 def data_files(raw: Path, suffixes: tuple[str, ...]) -> list[Path]:
-    """A fetched set's data files: those its dataset_info.json registers, else every file of these kinds."""
-    info = raw / "dataset_info.json"
-    if info.is_file():
-        entries = json.loads(info.read_text()).values()
-        files = sorted({raw / entry["file_name"] for entry in entries if "file_name" in entry})
-    else:
-        files = sorted(
-            p
-            for p in raw.rglob("*")
-            if p.is_file() and p.suffix in suffixes and p.name != MANIFEST and ".cache" not in p.parts
-        )
+    """A fetched set's data files: in a folder with a dataset_info.json (a repo's own, or a part's), the
+    files it registers; elsewhere every file of these kinds."""
+    fetched = [p for p in raw.rglob("*") if p.is_file() and ".cache" not in p.relative_to(raw).parts]
+    registries = [p for p in fetched if p.name == "dataset_info.json"]
+    registered = {p.parent for p in registries}
+    files = {
+        registry.parent / entry["file_name"]
+        for registry in registries
+        for entry in json.loads(registry.read_text()).values()
+        if "file_name" in entry
+    }
+    files |= {
+        p
+        for p in fetched
+        if p.suffix in suffixes
+        and p.name not in (MANIFEST, "dataset_info.json")
+        and not registered.intersection(p.parents)
+    }
+    files = sorted(files)
     if not files:
         raise DataError(f"{raw}: no {' / '.join(suffixes)} data files found")
     return files
@@ -230,17 +238,24 @@ def register_sft(directory: Path, file_name: str) -> None:
     (directory / "dataset_info.json").write_text(json.dumps({SFT_DATASET: entry}, indent=2))
 
 
-def prepare_sft(raw: Path, out: Path, tally: Tally) -> dict:
+def prepare_sft(raw: Path, out: Path, tally: Tally, parts: list[str] = ()) -> dict:
+    """The whole set, or only its `parts` (the folders of a set fetched from several repos)."""
+    roots = [raw / part for part in parts] or [raw]
+    absent = [root.name for root in roots if not root.is_dir()]
+    if absent:
+        found = sorted(d.name for d in raw.iterdir() if d.is_dir() and d.name != ".cache")
+        raise DataError(f"{raw}: no part {absent}; its parts are {found}")
     written: Counter = Counter()
     with open(out / SFT_FILE, "w") as sink:
-        for source in data_files(raw, (".json", ".jsonl", ".parquet")):
-            bases = (source.parent, raw)  # relative image paths: beside the data file, else the root
-            for where, record in records(source):
-                kept = tally.check(where, record, lambda r, bases=bases: sft_example(r, bases, out, written))
-                if kept:
-                    sink.write(json.dumps(kept, ensure_ascii=False) + "\n")
+        for root in roots:
+            for source in data_files(root, (".json", ".jsonl", ".parquet")):
+                bases = (source.parent, root)  # relative image paths: beside the data file, else the root
+                for where, record in records(source):
+                    kept = tally.check(where, record, lambda r, b=bases: sft_example(r, b, out, written))
+                    if kept:
+                        sink.write(json.dumps(kept, ensure_ascii=False) + "\n")
     register_sft(out, SFT_FILE)
-    return {"dataset": SFT_DATASET, "file": SFT_FILE}
+    return {"dataset": SFT_DATASET, "file": SFT_FILE, "parts": list(parts)}
 
 
 def warmup_pair(record, source: Path, out: Path) -> dict:
@@ -324,10 +339,13 @@ PREPARERS = {
 }
 
 
-def prepare(name: str, raw: Path, out: Path, max_rejected_fraction: float) -> dict:
-    """Write the prepared set into `out` and return its report; raise DataError if it is unusable."""
+def prepare(name: str, raw: Path, out: Path, max_rejected_fraction: float, parts: list[str] = ()) -> dict:
+    """Write the prepared set (or, for SFT, only its `parts`) into `out` and return its report; raise
+    DataError if it is unusable."""
     out.mkdir(parents=True, exist_ok=True)
     tally = Tally()
-    facts = PREPARERS[name](raw, out, tally)
+    if parts and name != "sft":
+        raise DataError(f"only the SFT set is prepared in parts, not {name!r}")
+    facts = prepare_sft(raw, out, tally, parts) if parts else PREPARERS[name](raw, out, tally)
     tally.enforce(name, max_rejected_fraction)
     return {**facts, **tally.report()}

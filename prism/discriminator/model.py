@@ -3,6 +3,10 @@
 Saved and loaded as one unit: a missing or mismatched head is an error, never a fresh random head
 (method-reference B5). `render` is the one way a (prompt, image, segment) becomes model inputs, used by
 warmup and alignment alike, so teacher and student end on the same token (B2, B4).
+
+A discriminator that does not see images (the paper's "text-only discriminator" ablation) says so in its
+discriminator.json, so every stage that scores with it renders without images: the same tokens as the
+multimodal rendering, with each vision span (`<|vision_start|>` … `<|vision_end|>`) taken out.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from prism.core.prompts import prompt_messages
 
 HEAD_FILE = "value_head.safetensors"
 HEAD_KEY = "v_head.1.weight"  # the released discriminator's name for the head
+META_FILE = "discriminator.json"
+VISION_SPAN = ("<|vision_start|>", "<|vision_end|>")
 
 
 class DiscriminatorError(InputError):
@@ -26,9 +32,10 @@ class DiscriminatorError(InputError):
 
 
 class Discriminator(nn.Module):
-    def __init__(self, backbone, dropout: float):
+    def __init__(self, backbone, dropout: float, sees_images: bool = True):
         super().__init__()
         self.backbone = backbone
+        self.sees_images = sees_images
         hidden = backbone.config.text_config.hidden_size
         self.v_head = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, 1, bias=False))
         nn.init.normal_(self.v_head[1].weight, std=0.02)
@@ -59,8 +66,12 @@ class Discriminator(nn.Module):
         out_dir = Path(out_dir)
         self.backbone.save_pretrained(out_dir)
         save_file({HEAD_KEY: self.v_head[1].weight.detach().contiguous()}, out_dir / HEAD_FILE)
-        meta = {"hidden_size": self.v_head[1].in_features, "dropout": self.v_head[0].p}
-        (out_dir / "discriminator.json").write_text(json.dumps(meta))
+        meta = {
+            "hidden_size": self.v_head[1].in_features,
+            "dropout": self.v_head[0].p,
+            "sees_images": self.sees_images,
+        }
+        (out_dir / META_FILE).write_text(json.dumps(meta))
 
     @classmethod
     def load(cls, path: str | Path, dropout: float | None = None) -> Discriminator:
@@ -70,11 +81,10 @@ class Discriminator(nn.Module):
 
         path = Path(path)
         head = find_head(path)
-        meta_file = path / "discriminator.json"
         if dropout is None:
-            dropout = json.loads(meta_file.read_text())["dropout"] if meta_file.exists() else 0.1
+            dropout = _meta(path).get("dropout", 0.1)
         backbone = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32)
-        model = cls(backbone, dropout)
+        model = cls(backbone, dropout, sees_images(path))
         expected = tuple(model.v_head[1].weight.shape)
         if tuple(head.shape) != expected:
             raise DiscriminatorError(
@@ -83,6 +93,17 @@ class Discriminator(nn.Module):
             )
         model.v_head[1].weight.data.copy_(head)
         return model
+
+
+def _meta(path: Path) -> dict:
+    """What our warmup records beside the weights; the authors' release has none."""
+    meta_file = Path(path) / META_FILE
+    return json.loads(meta_file.read_text()) if meta_file.exists() else {}
+
+
+def sees_images(path: str | Path) -> bool:
+    """Whether a saved discriminator was trained on images (the authors' release was)."""
+    return _meta(Path(path)).get("sees_images", True)
 
 
 def find_head(path: Path) -> torch.Tensor:
@@ -100,10 +121,33 @@ def find_head(path: Path) -> torch.Tensor:
     )
 
 
-def render(processor, questions: list[str], images: list, segments: list[str]) -> dict:
-    """(prompt, image, segment) -> inputs: system + user[image, question] + assistant(segment), templated."""
+def render(processor, questions: list[str], images: list | None, segments: list[str]) -> dict:
+    """(prompt, image, segment) -> inputs: system + user[image, question] + assistant(segment), templated.
+    Without images (None), the same tokens with the vision spans taken out, left-padded."""
     texts = [
         chat_text(processor, prompt_messages(q), segment)
         for q, segment in zip(questions, segments, strict=True)
     ]
-    return encode(processor, texts, images)
+    if images is not None:
+        return encode(processor, texts, images)
+    tokenizer = processor.tokenizer
+    span = tokenizer.convert_tokens_to_ids(list(VISION_SPAN))
+    rows = [without_vision_spans(tokenizer.encode(text, add_special_tokens=False), *span) for text in texts]
+    width = max(map(len, rows))
+    return {
+        "input_ids": torch.tensor([[tokenizer.pad_token_id] * (width - len(row)) + row for row in rows]),
+        "attention_mask": torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows]),
+    }
+
+
+def without_vision_spans(ids: list[int], vision_start: int, vision_end: int) -> list[int]:
+    """Token ids with every vision span, its start and end tokens included, taken out."""
+    kept, inside = [], False
+    for token in ids:
+        if token == vision_start:
+            inside = True
+        elif token == vision_end and inside:
+            inside = False
+        elif not inside:
+            kept.append(token)
+    return kept

@@ -45,17 +45,19 @@ def upcycle_stage(args) -> None:
     write_manifest(args.out / MANIFEST, "upcycle", [args.model / MANIFEST], args.config, metrics, started)
 
 
-def render_pairs(processor, pairs: list[dict]) -> dict:
+def render_pairs(processor, pairs: list[dict], sees_images: bool) -> dict:
     """Teacher then student, caption then reasoning: 4 rows per line, rendered by the one `render`."""
     segments = [
         p[f"{side}_{part}"] for side in ("teacher", "student") for part in ("caption", "cot") for p in pairs
     ]
-    return render(processor, [p["prompt"] for p in pairs] * 4, [p["image"] for p in pairs] * 4, segments)
+    images = [p["image"] for p in pairs] * 4 if sees_images else None
+    return render(processor, [p["prompt"] for p in pairs] * 4, images, segments)
 
 
-def within_length(processor, pairs: list[dict], max_length: int) -> list[dict]:
+def within_length(processor, pairs: list[dict], max_length: int, sees_images: bool) -> list[dict]:
     """The lines whose four renderings all fit: over-long ones are left out (and counted), never cut."""
-    lengths = render_pairs(processor, pairs)["attention_mask"].sum(-1).view(4, len(pairs)).max(0).values
+    rendered = render_pairs(processor, pairs, sees_images)
+    lengths = rendered["attention_mask"].sum(-1).view(4, len(pairs)).max(0).values
     return [pair for pair, length in zip(pairs, lengths.tolist(), strict=True) if length <= max_length]
 
 
@@ -66,7 +68,7 @@ def heldout_metrics(disc, processor, pairs: list[dict], batch_size: int) -> dict
     disc.eval()
     teacher, student = [], []
     for start in range(0, len(pairs), batch_size):
-        scores = disc(render_pairs(processor, pairs[start : start + batch_size]))
+        scores = disc(render_pairs(processor, pairs[start : start + batch_size], disc.sees_images))
         t, s = scores.chunk(2)
         teacher.append(t)
         student.append(s)
@@ -76,7 +78,7 @@ def heldout_metrics(disc, processor, pairs: list[dict], batch_size: int) -> dict
 
 
 def warmup_stage(args) -> None:
-    cfg = args.config["warmup"]
+    cfg, sees_images = args.config["warmup"], args.config["sees_images"]
     setup(args.threads, cfg["seed"])
     text_config = model_config(args.model).get("text_config", {})
     moe = bool(text_config.get("num_experts") or text_config.get("num_local_experts"))
@@ -91,7 +93,7 @@ def warmup_stage(args) -> None:
     fitting = [
         p
         for i in range(0, len(lines), 64)
-        for p in within_length(processor, lines[i : i + 64], cfg["max_length"])
+        for p in within_length(processor, lines[i : i + 64], cfg["max_length"], sees_images)
     ]
     heldout, pairs = fitting[: cfg["heldout_pairs"]], fitting[cfg["heldout_pairs"] :]
     if not pairs:
@@ -101,12 +103,12 @@ def warmup_stage(args) -> None:
         )
     print(
         f"{len(pairs)} training pairs, {len(heldout)} held out, {len(lines) - len(fitting)} over max_length "
-        f"{cfg['max_length']} left out",
+        f"{cfg['max_length']} left out; scored {'with' if sees_images else 'without'} their images",
         flush=True,
     )
     accelerator = accelerator_for(cfg["engine"], cfg["grad_accum"])
     world, rank = accelerator.num_processes, accelerator.process_index
-    disc = Discriminator(load_model(args.model), args.config["value_head_dropout"])
+    disc = Discriminator(load_model(args.model), args.config["value_head_dropout"], sees_images)
     before = heldout_metrics(disc, processor, heldout, cfg["batch_size"]) if heldout and rank == 0 else {}
     aux_coef = disc.backbone.config.text_config.router_aux_loss_coef if moe else 0.0  # no router to balance
     global_batch = cfg["batch_size"] * world
@@ -122,7 +124,7 @@ def warmup_stage(args) -> None:
             shared = epoch_batch(pairs, cfg["seed"], step * cfg["grad_accum"] + micro, global_batch)
             batch = shared[rank::world] or shared[:1]  # each rank its share of the global batch
             with accelerator.accumulate(disc):
-                scores, balance = disc(render_pairs(processor, batch), router_aux=True)
+                scores, balance = disc(render_pairs(processor, batch, sees_images), router_aux=True)
                 teacher, student = scores.chunk(2)
                 pair_loss = bradley_terry(teacher, student)
                 accelerator.backward(pair_loss + aux_coef * balance)

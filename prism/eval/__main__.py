@@ -1,6 +1,7 @@
 """Evaluate one model on every configured benchmark:
 `python -m prism.eval --config JSON --model DIR --out DIR --work DIR` with `--data BENCH_DIR` (cpu engine:
-the synthetic sets) or `--judge MODEL_DIR` (lmms_eval engine: the judge served beside the model)."""
+the synthetic sets) or `--judge MODEL_DIR --benchmarks CACHE_DIR` (lmms_eval engine: the judge served
+beside the model, and the benchmarks' data sets as prism.eval.fetch cached them)."""
 
 from prism.core.training import run_stage
 from prism.eval import cpu, lmms
@@ -13,5 +14,5 @@ if __name__ == "__main__":
         issue=7,
         runners={"cpu": cpu.run, "lmms_eval": lmms.run},
         engine=lambda cfg: cfg["engine"],
-        optional=("data", "judge"),
+        optional=("data", "judge", "benchmarks"),
     )

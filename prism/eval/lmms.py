@@ -8,6 +8,8 @@
   loaded once per benchmark, minutes against the hours of generation at 16k tokens.
 - Sampling is the paper's (§6.1): `--gen_kwargs temperature,top_p` over every task, and a chat template
   that adds the caption/think/answer system prompt where a task gives none.
+- The benchmarks' data sets are read offline from the cache `fetch_benchmarks` filled (prism/eval/fetch.py):
+  compute nodes need no internet, and every job reads the same data.
 - A finished benchmark's normalised record is kept in the work directory, so a rerun skips it.
 """
 
@@ -26,6 +28,7 @@ from pathlib import Path
 from prism.cluster.ray_cluster import stop
 from prism.core.manifest import MANIFEST, write_json_atomic, write_manifest
 from prism.core.prompts import SYSTEM_PROMPT
+from prism.eval.fetch import benchmark_environment
 from prism.eval.lmms_tasks import JUDGE_URL, write_tasks
 from prism.eval.normalise import normalise
 
@@ -183,8 +186,8 @@ def lmms_eval_command(
 
 def run(args) -> None:
     cfg, started = args.config, time.time()
-    if args.judge is None:
-        sys.exit("eval: the lmms_eval engine needs --judge MODEL_DIR")
+    if args.judge is None or args.benchmarks is None:
+        sys.exit("eval: the lmms_eval engine needs --judge MODEL_DIR and --benchmarks CACHE_DIR")
     model, work = args.model.resolve(), args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     default_devices = ",".join(map(str, range(args.gpus_per_node)))
@@ -204,6 +207,7 @@ def run(args) -> None:
             scoring, output = cfg["scoring"][benchmark], work / "lmms_eval" / benchmark
             shutil.rmtree(output, ignore_errors=True)
             env = os.environ | judge_environment(scoring["judge"], cfg["judge"]["port"])
+            env |= benchmark_environment(args.benchmarks.resolve(), offline=True)
             env |= {"CUDA_VISIBLE_DEVICES": ",".join(devices[1:])}
             command = lmms_eval_command(
                 cfg, model, scoring["tasks"], include, template, output, len(devices) - 1

@@ -8,6 +8,8 @@ survives verl's micro-batching and reordering.
 Each scored sequence is what the CPU engine renders (`prism.discriminator.model.render`): the templated
 prompt, then one segment (caption, or think+answer) as the assistant turn, closed by the template's
 end-of-turn tokens. Teacher and rollout segments therefore end on the same scored token (method-reference B2).
+A discriminator that does not see images scores the same sequences with the vision spans taken out, as
+`render` does without images.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from verl.utils import tensordict_utils as tu
 from prism.core.advantages import prism_advantage
 from prism.core.losses import alignment_discriminator_loss
 from prism.core.modeling import chat_text
+from prism.discriminator.model import without_vision_spans
 
 COEFFICIENT_KEY = "prism_coef"
 _MARKER = "PRISM-SEGMENT-END"
@@ -52,6 +55,22 @@ def continue_positions(prompt_positions: torch.Tensor, count: int) -> torch.Tens
     (`<|im_start|>assistant\\n`), so this is what Qwen3-VL's get_rope_index gives for appended text."""
     step = torch.arange(1, count + 1, dtype=prompt_positions.dtype)
     return torch.cat([prompt_positions, prompt_positions[..., -1:] + step], dim=-1)
+
+
+def discriminator_prompt(
+    prompt_ids: torch.Tensor,
+    prompt_positions: torch.Tensor,
+    multi_modal_inputs: dict,
+    vision_span: tuple[int, int] | None,
+) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """The prompt a discriminator sequence starts with: the policy's, or, for a discriminator that does not
+    see images (`vision_span`: the ids of `<|vision_start|>`, `<|vision_end|>`), its tokens without
+    vision spans, at text positions on every row (what get_rope_index gives for text) and no pixels."""
+    if vision_span is None:
+        return prompt_ids, prompt_positions, multi_modal_inputs
+    ids = torch.tensor(without_vision_spans(prompt_ids.tolist(), *vision_span), dtype=prompt_ids.dtype)
+    positions = torch.arange(len(ids), dtype=prompt_positions.dtype).expand(*prompt_positions.shape[:-1], -1)
+    return ids, positions.clone(), {}
 
 
 def segment_row(

@@ -25,9 +25,11 @@ from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from verl.utils.metric import reduce_metrics
 
 from prism.core.segments import parse_response
+from prism.discriminator.model import VISION_SPAN, sees_images
 from prism.verl.align_batch import (
     assistant_turn_end_ids,
     discriminator_metrics,
+    discriminator_prompt,
     discriminator_reward,
     discriminator_tensordict,
     group_index,
@@ -79,6 +81,9 @@ class PrismAlignTrainer(PPOTrainerSync):
         self.critic_wg.set_loss_fn(surrogate_loss)
         template_owner = self.processor if self.processor is not None else self.tokenizer
         self.turn_end_ids = assistant_turn_end_ids(template_owner, self.tokenizer)
+        self.vision_span = None  # a discriminator that sees images scores the policy's prompt as it is
+        if not sees_images(self.config.critic.model.path):
+            self.vision_span = tuple(self.tokenizer.convert_tokens_to_ids(list(VISION_SPAN)))
 
     # ---- step 6 of the stock step: discriminator scores instead of critic values ----
 
@@ -140,9 +145,11 @@ class PrismAlignTrainer(PPOTrainerSync):
         segments = [parse_response(text) for text in texts]
 
         def row(i: int, text: str) -> dict:
-            prompt = prompts[i]
+            prompt, prompt_positions, pixels = discriminator_prompt(
+                prompts[i], positions[i][..., : len(prompts[i])], multi_modal[i], self.vision_span
+            )
             ids = self.tokenizer.encode(text, add_special_tokens=False) + self.turn_end_ids
-            return segment_row(prompt, positions[i][..., : len(prompt)], ids, multi_modal[i])
+            return segment_row(prompt, prompt_positions, ids, pixels)
 
         valid_at = [k for k, segment in enumerate(segments) if segment.valid]
         caption_rows = {k: row(real[k], segments[k].caption) for k in valid_at}
