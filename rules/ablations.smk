@@ -26,11 +26,11 @@ use rule warmup_discriminator as warmup_text_only_discriminator with:
 
 
 use rule prepare_dataset as prepare_sft_subset with:
-    localrule: True
     output:
         manifest=f"{RESULTS}/data/{{dataset}}-subset/{MANIFEST}",
     log:
         f"{RESULTS}/logs/data/prepare-{{dataset}}-subset.log",
+    localrule: True
     params:
         spec=as_arg(
             {
