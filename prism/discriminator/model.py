@@ -133,11 +133,8 @@ def render(processor, questions: list[str], images: list | None, segments: list[
     tokenizer = processor.tokenizer
     span = tokenizer.convert_tokens_to_ids(list(VISION_SPAN))
     rows = [without_vision_spans(tokenizer.encode(text, add_special_tokens=False), *span) for text in texts]
-    width = max(map(len, rows))
-    return {
-        "input_ids": torch.tensor([[tokenizer.pad_token_id] * (width - len(row)) + row for row in rows]),
-        "attention_mask": torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows]),
-    }
+    tokenizer.padding_side = "left"
+    return dict(tokenizer.pad({"input_ids": rows}, return_tensors="pt"))
 
 
 def without_vision_spans(ids: list[int], vision_start: int, vision_end: int) -> list[int]:
