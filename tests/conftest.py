@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,10 +17,20 @@ from snakemake.utils import update_config
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOW_FILES = ("Snakefile", "rules", "config", "profiles", "envs", "prism", "report")
+TINY = ["--configfile", "config/tiny.yaml"]
+# The test cluster has no slurmdbd, so Snakemake polls squeue instead of the profile's default sacct, and
+# starts 2 s after a submission instead of 40 so that the short tiny jobs are not waiting on the poll.
+TEST_CLUSTER = ["--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2"]
 
 
 def load_yaml(name: str) -> dict:
     return yaml.safe_load((ROOT / "config" / name).read_text())
+
+
+def merged_tiny_config() -> dict:
+    merged = copy.deepcopy(load_yaml("config.yaml"))
+    update_config(merged, load_yaml("tiny.yaml"))
+    return merged
 
 
 @pytest.fixture
@@ -29,9 +40,7 @@ def paper_config() -> dict:
 
 @pytest.fixture
 def tiny_config() -> dict:
-    merged = copy.deepcopy(load_yaml("config.yaml"))
-    update_config(merged, load_yaml("tiny.yaml"))
-    return merged
+    return merged_tiny_config()
 
 
 @pytest.fixture(scope="session")
@@ -87,6 +96,60 @@ def snakemake(
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     command = [str(Path(sys.executable).with_name("snakemake")), *args]
     return subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def slurm_unavailable(reason: str):
+    if os.environ.get("PRISM_REQUIRE_SLURM") == "1":
+        pytest.fail(f"PRISM_REQUIRE_SLURM=1 but {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory) -> Path:
+    """A one-node Slurm offering the partition and GPUs the tiny config names (tests/slurm/start.sh).
+
+    Skipped where it cannot start (not root, no apt-get); PRISM_REQUIRE_SLURM=1 (set by CI) fails instead."""
+    if os.geteuid() != 0:
+        slurm_unavailable("the test Slurm runs its daemons as root")
+    state = tmp_path_factory.mktemp("slurm")
+    offer = merged_tiny_config()["cluster"]
+    env = dict(
+        os.environ,
+        SLURM_PARTITION=offer["partition"],
+        SLURM_GPU_TYPE=offer["gpu_model"],
+        SLURM_GPUS=str(offer["gpus_per_node"]),
+    )
+    stop = ["bash", str(ROOT / "tests/slurm/stop.sh"), str(state)]
+    start = time.time()
+    started = subprocess.run(
+        ["bash", str(ROOT / "tests/slurm/start.sh"), str(state)], env=env, capture_output=True, text=True
+    )
+    if started.returncode != 0:
+        subprocess.run(stop, capture_output=True)
+        slurm_unavailable(f"Slurm could not start: {started.stderr.strip()[-1500:]}")
+    print(f"Slurm up in {time.time() - start:.1f} s: {started.stdout.strip()}")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SLURM_CONF", str(state / "etc/slurm.conf"))
+        yield state
+    subprocess.run(stop, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(request, tmp_path_factory) -> Path:
+    """The one complete tiny run that the pipeline and Slurm tests all read (about 15 minutes on 2 cores):
+    submitted through the test Slurm with the project's Slurm profile where Slurm runs, as in CI, else with
+    the local profile. The jobs see marker secrets, which the tests then look for in what the run wrote."""
+    try:
+        request.getfixturevalue("slurm")
+        profile = ["--workflow-profile", "profiles/slurm", *TEST_CLUSTER]
+    except pytest.skip.Exception:
+        profile = ["--workflow-profile", "profiles/local"]
+    workdir = copy_workflow(tmp_path_factory.mktemp("tiny-run"))
+    start = time.time()
+    result = snakemake(workdir, *profile, *TINY, timeout=2700, env=SECRETS)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    print(f"tiny pipeline with {profile[1]}: {time.time() - start:.0f} s")
+    return workdir
 
 
 # Marker values for the secrets a run may hold: tests set them and find them in no file a run writes.

@@ -1,29 +1,23 @@
-"""The tiny pipeline end to end in a copy of the workflow: every stage runs, learns, and reruns precisely."""
+"""The tiny pipeline end to end in a copy of the workflow: every stage runs, learns, and reruns precisely.
+
+The run is conftest's `tiny_run`, the one the Slurm tests read too: the DAG runs once per session."""
 
 import csv
 import json
 import re
-import time
 
 import pytest
 import yaml
 
-from conftest import SECRETS, copy_workflow, files_holding_secrets, snakemake, write_config
+from conftest import TINY, files_holding_secrets, snakemake, write_config
 from prism.cluster.plan import plan_jobs
 
 pytestmark = pytest.mark.pipeline
-TINY = ["--configfile", "config/tiny.yaml"]
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    """One complete tiny run, shared by the tests below (a few minutes on 2 cores)."""
-    workdir = copy_workflow(tmp_path_factory.mktemp("tiny-run"))
-    start = time.time()
-    result = snakemake(workdir, "--workflow-profile", "profiles/local", *TINY, timeout=1500, env=SECRETS)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    print(f"tiny pipeline: {time.time() - start:.0f} s")
-    return workdir
+def finished(tiny_run):
+    return tiny_run
 
 
 def read_csv(path):

@@ -4,7 +4,6 @@ middle of training is retried by the profile and resumes from its checkpoint, re
 
 Skipped where Slurm cannot start (not root, no apt-get); PRISM_REQUIRE_SLURM=1 (set by CI) fails instead."""
 
-import copy
 import csv
 import os
 import re
@@ -17,17 +16,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from snakemake.utils import update_config
 
-from conftest import ROOT, copy_workflow, load_yaml, snakemake, write_config
+from conftest import ROOT, TEST_CLUSTER, TINY, merged_tiny_config, snakemake, write_config
 from prism.cluster.plan import plan_jobs
 from prism.core.config import BENCHMARKS
 
 pytestmark = pytest.mark.slurm
-TINY = ["--configfile", "config/tiny.yaml"]
-# The test cluster has no slurmdbd, so Snakemake polls squeue instead of the profile's default sacct, and
-# starts 2 s after a submission instead of 40 so that the short tiny jobs are not waiting on the poll.
-TEST_CLUSTER = ["--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2"]
 # Where each GPU rule's request lives in the config.
 STAGE_RESOURCES = {
     "sft": ("sft",),
@@ -44,44 +38,9 @@ STAGE_RESOURCES = {
 }
 
 
-def tiny_config() -> dict:
-    merged = copy.deepcopy(load_yaml("config.yaml"))
-    update_config(merged, load_yaml("tiny.yaml"))
-    return merged
-
-
-def unavailable(reason: str):
-    if os.environ.get("PRISM_REQUIRE_SLURM") == "1":
-        pytest.fail(f"PRISM_REQUIRE_SLURM=1 but {reason}")
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    """A one-node Slurm offering the partition and GPUs the config names, for this module's tests."""
-    if os.geteuid() != 0:
-        unavailable("the test Slurm runs its daemons as root")
-    state = tmp_path_factory.mktemp("slurm")
-    offer = tiny_config()["cluster"]
-    env = dict(
-        os.environ,
-        SLURM_PARTITION=offer["partition"],
-        SLURM_GPU_TYPE=offer["gpu_model"],
-        SLURM_GPUS=str(offer["gpus_per_node"]),
-    )
-    stop = ["bash", str(ROOT / "tests/slurm/stop.sh"), str(state)]
-    start = time.time()
-    started = subprocess.run(
-        ["bash", str(ROOT / "tests/slurm/start.sh"), str(state)], env=env, capture_output=True, text=True
-    )
-    if started.returncode != 0:
-        subprocess.run(stop, capture_output=True)
-        unavailable(f"Slurm could not start: {started.stderr.strip()[-1500:]}")
-    print(f"Slurm up in {time.time() - start:.1f} s: {started.stdout.strip()}")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("SLURM_CONF", str(state / "etc/slurm.conf"))
-        yield state
-    subprocess.run(stop, check=True, capture_output=True)
+def cluster(slurm):
+    return slurm
 
 
 def slurm_jobs(workdir: Path) -> dict[str, dict]:
@@ -99,13 +58,9 @@ def slurm_jobs(workdir: Path) -> dict[str, dict]:
 
 
 @pytest.fixture(scope="module")
-def slurm_run(cluster, tmp_path_factory):
-    """One complete tiny run through Slurm: its workdir, Slurm's job records and the table it wrote."""
-    workdir = copy_workflow(tmp_path_factory.mktemp("slurm-run"))
-    start = time.time()
-    result = snakemake(workdir, "--workflow-profile", "profiles/slurm", *TINY, *TEST_CLUSTER, timeout=2700)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    print(f"tiny pipeline under Slurm: {time.time() - start:.0f} s")
+def slurm_run(cluster, tiny_run):
+    """The session's tiny run, submitted through this Slurm: its workdir, Slurm's records, its table."""
+    workdir = tiny_run
     with (workdir / "results/tables/main.csv").open() as handle:
         table = list(csv.reader(handle))
     return workdir, slurm_jobs(workdir), table
@@ -133,7 +88,7 @@ def minutes(limit: str) -> int:
 
 def test_slurm_granted_each_job_the_request_its_stage_makes_in_the_config(slurm_run):
     _, jobs, _ = slurm_run
-    config = tiny_config()
+    config = merged_tiny_config()
     cluster = config["cluster"]
     for job in jobs.values():
         section = config
@@ -160,7 +115,7 @@ def test_slurm_granted_each_job_the_request_its_stage_makes_in_the_config(slurm_
 
 def test_table_has_the_structure_of_a_local_run(slurm_run):
     _, _, table = slurm_run
-    config = tiny_config()
+    config = merged_tiny_config()
     header = ["policy", "variant", *(BENCHMARKS[b] for b in config["eval"]["benchmarks"]), "Avg"]
     assert table[0] == header
     variants = [(p["name"], v) for p in config["policies"] for v in config["eval"]["variants"]]
@@ -233,7 +188,7 @@ def test_a_preempted_job_is_retried_and_resumes_without_redoing_finished_work(sl
     log = (workdir / "results/logs/rl/tiny/prism-dapo.log").read_text()
     resumed = int(re.search(r"resumed from step (\d+)", log).group(1))
     steps = [int(s) for s in re.findall(r"^step (\d+)/", log, re.MULTILINE)]
-    assert resumed > 0 and steps == list(range(resumed + 1, tiny_config()["rl"]["steps"] + 1))
+    assert resumed > 0 and steps == list(range(resumed + 1, merged_tiny_config()["rl"]["steps"] + 1))
 
 
 def test_the_ray_launcher_brings_up_ray_in_a_slurm_job_and_tears_it_down(cluster):
@@ -245,7 +200,7 @@ def test_the_ray_launcher_brings_up_ray_in_a_slurm_job_and_tears_it_down(cluster
     )
     launcher = [sys.executable, "-m", "prism.cluster.ray_cluster", "--cpus-per-node", "1"]
     launcher += ["--gpus-per-node", "1"]
-    gpu = f"--gpus={tiny_config()['cluster']['gpu_model']}:1"
+    gpu = f"--gpus={merged_tiny_config()['cluster']['gpu_model']}:1"
     result = subprocess.run(
         ["srun", "--nodes=1", "--ntasks=1", gpu, "--time=10", *launcher, "--", sys.executable, "-c", probe],
         capture_output=True,
