@@ -12,7 +12,10 @@ WORKFLOW_DIR = Path(__file__).resolve().parent.parent
 def plan(args) -> None:
     from snakemake.exceptions import WorkflowError
 
+    from prism.cluster.memory import estimates, table
     from prism.cluster.plan import plan_jobs, summarize
+    from prism.cluster.preflight import read_config
+    from prism.core.config import load_config
 
     try:
         jobs = plan_jobs(args.directory, args.configfile, args.targets, forceall=args.forceall)
@@ -21,7 +24,11 @@ def plan(args) -> None:
     if not jobs:
         print("Nothing to be done: every target is up to date.")
         return
-    print(summarize(jobs))
+    cfg = load_config(read_config(Path(args.directory), args.configfile)[0])  # valid: the DAG read it
+    stages = estimates(cfg, Path(args.directory), jobs)
+    print(summarize(jobs, stages))
+    if stages:
+        print("\n" + table(stages, cfg.cluster.gpu_memory_gb, {j.rule: j.mem_mb for j in jobs}))
 
 
 def preflight(args) -> None:
@@ -31,19 +38,19 @@ def preflight(args) -> None:
     if problems:
         listed = "\n".join(f"  - {problem}" for problem in problems)
         sys.exit(f"prism preflight: {len(problems)} problem(s) to fix before submitting:\n{listed}")
-    print("prism preflight: cluster settings, disk space and tokens are in order.")
+    print("prism preflight: cluster settings, memory estimates, disk space and tokens are in order.")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="prism", description="PRISM pipeline tools")
     commands = parser.add_subparsers(dest="command", required=True)
-    plan_parser = commands.add_parser("plan", help="jobs per stage with GPUs, nodes and GPU-hours")
+    plan_parser = commands.add_parser("plan", help="jobs per stage with GPUs, nodes, GPU-hours and memory")
     plan_parser.add_argument("targets", nargs="*", default=["results/tables/main.csv"])
     plan_parser.add_argument("--configfile", action="append", default=[], help="e.g. config/tiny.yaml")
     plan_parser.add_argument("--forceall", action="store_true", help="every job, also those up to date")
     plan_parser.add_argument("--directory", default=str(WORKFLOW_DIR), help="the workflow directory")
     plan_parser.set_defaults(run=plan)
-    check_parser = commands.add_parser("preflight", help="check cluster settings, disk and tokens first")
+    check_parser = commands.add_parser("preflight", help="check cluster settings, memory, disk, tokens first")
     check_parser.add_argument("targets", nargs="*", default=["results/tables/main.csv"])
     check_parser.add_argument("--configfile", action="append", default=[], help="e.g. config/tiny.yaml")
     check_parser.add_argument("--workflow-profile", help="the profile you submit with, e.g. profiles/slurm")

@@ -19,10 +19,16 @@ def preflight(workflow, overlay: dict, **env) -> subprocess.CompletedProcess:
 
 
 GATED_WARMUP = {"data": {"warmup": {"hf": {"gated": True}}}}
+# GPUs that hold every stage, so that these cases list only their own problems (memory: test_memory.py)
+ROOMY_GPUS = {"gpu_memory_gb": 1000}
 
 
 def test_every_problem_is_listed_at_once(workflow_copy):
-    overlay = {"cluster": {"partition": ""}, "paths": {"disk_gb": {"work": 1e9}}, **GATED_WARMUP}
+    overlay = {
+        "cluster": {"partition": "", **ROOMY_GPUS},
+        "paths": {"disk_gb": {"work": 1e9}},
+        **GATED_WARMUP,
+    }
     result = preflight(workflow_copy, overlay)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
@@ -39,7 +45,7 @@ def test_every_problem_is_listed_at_once(workflow_copy):
 
 def test_a_ready_site_passes_and_the_token_is_never_shown(workflow_copy):
     overlay = {
-        "cluster": {"account": "lab"},
+        "cluster": {"account": "lab", **ROOMY_GPUS},
         "paths": {"disk_gb": {"results": 0.001, "work": 0.001, "hf_cache": 0}},
         **GATED_WARMUP,
     }

@@ -44,6 +44,7 @@ class PlannedJob:
     gpus: int
     nodes: int
     hours: float
+    mem_mb: int = 0
 
     @property
     def gpu_hours(self) -> float:
@@ -106,6 +107,7 @@ def planned(job) -> PlannedJob:
         gpus=gpus,
         nodes=int(resources.get("nodes", 1)),
         hours=float(resources.get("runtime", 0)) / 60 if gpus else 0.0,
+        mem_mb=int(resources.get("mem_mb", 0)),
     )
 
 
@@ -118,19 +120,31 @@ def plan_jobs(
     )
 
 
-def summarize(jobs: list[PlannedJob]) -> str:
-    """A per-rule table: jobs, GPUs per job, nodes, GPU-hours, and the total."""
+def memory_cell(estimates: list) -> str:
+    """The largest per-GPU estimate of a rule's jobs in GiB, marked `!` where one of them does not fit."""
+    if not estimates:
+        return "-"
+    peak = max(e.gpu_bytes for e in estimates) / 1024**3
+    return f"{peak:.0f}{'' if all(e.fits for e in estimates) else ' !'}"
+
+
+def summarize(jobs: list[PlannedJob], memory: list | None = None) -> str:
+    """A per-rule table: jobs, GPUs per job, nodes, GPU-hours, with `memory` (prism.cluster.memory's
+    estimates) the per-GPU GiB, and the total."""
     by_rule: OrderedDict[str, list[PlannedJob]] = OrderedDict()
     for job in sorted(jobs, key=lambda j: STAGE_ORDER.index(j.rule) if j.rule in STAGE_ORDER else 99):
         by_rule.setdefault(job.rule, []).append(job)
     width = max([22, *(len(rule) + 2 for rule in by_rule)])
-    lines = [f"{'stage':<{width}}{'jobs':>6}{'GPUs/job':>10}{'nodes':>7}{'GPU-hours':>12}  where"]
+    memory_header = f"{'GiB/GPU':>9}" if memory is not None else ""
+    header = f"{'stage':<{width}}{'jobs':>6}{'GPUs/job':>10}{'nodes':>7}{'GPU-hours':>12}{memory_header}"
+    lines = [f"{header}  where"]
     for rule, group in by_rule.items():
         gpus = sorted({j.gpus for j in group})
         nodes = sorted({j.nodes for j in group})
+        cell = f"{memory_cell([e for e in memory if e.rule == rule]):>9}" if memory is not None else ""
         lines.append(
             f"{rule:<{width}}{len(group):>6}{'/'.join(map(str, gpus)):>10}{'/'.join(map(str, nodes)):>7}"
-            f"{sum(j.gpu_hours for j in group):>12.1f}  {'local' if group[0].local else 'slurm'}"
+            f"{sum(j.gpu_hours for j in group):>12.1f}{cell}  {'local' if group[0].local else 'slurm'}"
         )
     total = sum(j.gpu_hours for j in jobs)
     lines.append(f"{'total':<{width}}{len(jobs):>6}{'':>10}{'':>7}{total:>12.1f}")

@@ -108,6 +108,7 @@ def preflight(
     workflow_dir: Path, configfiles: list[str], targets: list[str], profile: str | None
 ) -> list[str]:
     """Every problem found, each naming the key or file and the fix; empty when the run may go."""
+    from prism.cluster.memory import estimates
     from prism.cluster.plan import plan_jobs
     from prism.core.config import ConfigError, load_config
 
@@ -124,6 +125,7 @@ def preflight(
         problems += cluster_problems(cfg, gpu_rules)
     if jobs:
         problems += disk_problems(cfg, workflow_dir)
+    problems += [problem for stage in estimates(cfg, workflow_dir, jobs) for problem in stage.problems]
     gated = gated_downloads(cfg, jobs)
     fetches_benchmarks = any(job.rule == "fetch_benchmarks" for job in jobs)
     if (gated or fetches_benchmarks) and not token_present():

@@ -69,6 +69,7 @@ class Cluster(Strict):
     account: str = ""
     gpu_model: str = "h100"
     gpus_per_node: PositiveInt = 8
+    gpu_memory_gb: PositiveFloat = 80  # each GPU's memory in GiB: what `prism plan` checks each stage against
 
 
 class HfSource(Strict):
