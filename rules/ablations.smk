@@ -10,6 +10,8 @@ use rule warmup_discriminator as warmup_dense_discriminator with:
         manifest=ABLATION_DISCRIMINATORS["dense_discriminator"],
     log:
         f"{RESULTS}/logs/discriminator/warmup-dense.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/discriminator/warmup-dense.tsv"
     params:
         config=warmup_config("dense"),
         work=work_dir("discriminator", "warmup-dense"),
@@ -20,6 +22,8 @@ use rule warmup_discriminator as warmup_text_only_discriminator with:
         manifest=ABLATION_DISCRIMINATORS["text_only_discriminator"],
     log:
         f"{RESULTS}/logs/discriminator/warmup-text-only.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/discriminator/warmup-text-only.tsv"
     params:
         config=warmup_config("moe", sees_images=False),
         work=work_dir("discriminator", "warmup-text-only"),
@@ -30,6 +34,8 @@ use rule prepare_dataset as prepare_sft_subset with:
         manifest=f"{RESULTS}/data/{{dataset}}-subset/{MANIFEST}",
     log:
         f"{RESULTS}/logs/data/prepare-{{dataset}}-subset.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/data/prepare-{{dataset}}-subset.tsv"
     localrule: True
     params:
         spec=as_arg(
@@ -49,6 +55,8 @@ use rule sft as sft_subset with:
         manifest=subset_sft_checkpoint("{policy}"),
     log:
         f"{RESULTS}/logs/ablations/sft_subset/{{policy}}/sft.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/ablations/sft_subset/{{policy}}/sft.tsv"
     params:
         work=lambda wc: work_dir("ablations", "sft_subset", wc.policy, "sft"),
 
@@ -63,6 +71,8 @@ use rule align as align_ablation with:
         manifest=f"{RESULTS}/models/ablations/{{ablation}}/{{policy}}/prism/{MANIFEST}",
     log:
         f"{RESULTS}/logs/ablations/{{ablation}}/{{policy}}/align.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/ablations/{{ablation}}/{{policy}}/align.tsv"
     params:
         work=lambda wc: work_dir("ablations", wc.ablation, wc.policy, "align"),
 
@@ -76,6 +86,8 @@ use rule rl as rl_ablation with:
         manifest=f"{RESULTS}/models/ablations/{{ablation}}/{{policy}}/prism-{{algo}}/{MANIFEST}",
     log:
         f"{RESULTS}/logs/ablations/{{ablation}}/{{policy}}/prism-{{algo}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/ablations/{{ablation}}/{{policy}}/prism-{{algo}}.tsv"
     params:
         work=lambda wc: work_dir(
             "ablations", wc.ablation, wc.policy, f"prism-{wc.algo}"

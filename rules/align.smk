@@ -9,6 +9,8 @@ rule align:
         manifest=f"{RESULTS}/models/prism/{{policy}}/{MANIFEST}",
     log:
         f"{RESULTS}/logs/align/{{policy}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/align/{{policy}}.tsv"
     conda:
         env(CFG.align.engine)
     threads: CFG.align.resources.cpus_per_task

@@ -6,6 +6,8 @@ rule fetch_model:
         manifest=f"{INPUTS}/models/{{model}}/{MANIFEST}",
     log:
         f"{RESULTS}/logs/data/model-{{model}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/data/model-{{model}}.tsv"
     localrule: True
     conda:
         "../envs/workflow.yaml"
@@ -24,6 +26,8 @@ rule fetch_dataset:
         manifest=f"{INPUTS}/datasets/{{dataset}}/{MANIFEST}",
     log:
         f"{RESULTS}/logs/data/dataset-{{dataset}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/data/dataset-{{dataset}}.tsv"
     localrule: True
     conda:
         "../envs/workflow.yaml"
@@ -43,6 +47,8 @@ rule prepare_dataset:
         manifest=f"{RESULTS}/data/{{dataset}}/{MANIFEST}",
     log:
         f"{RESULTS}/logs/data/prepare-{{dataset}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/data/prepare-{{dataset}}.tsv"
     localrule: True
     conda:
         "../envs/workflow.yaml"
@@ -61,6 +67,8 @@ rule make_benchmarks:
         manifest=f"{RESULTS}/data/bench/{MANIFEST}",
     log:
         f"{RESULTS}/logs/data/benchmarks.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/data/benchmarks.tsv"
     localrule: True
     conda:
         "../envs/workflow.yaml"
@@ -85,6 +93,8 @@ rule fetch_released:
         manifest=f"{INPUTS}/released/{{slug}}/{MANIFEST}",
     log:
         f"{RESULTS}/logs/data/released-{{slug}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/data/released-{{slug}}.tsv"
     localrule: True
     conda:
         "../envs/workflow.yaml"

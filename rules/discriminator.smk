@@ -7,6 +7,8 @@ rule upcycle:
         manifest=f"{RESULTS}/models/discriminator/upcycled/{MANIFEST}",
     log:
         f"{RESULTS}/logs/discriminator/upcycle.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/discriminator/upcycle.tsv"
     conda:
         "../envs/workflow.yaml"
     threads: CFG.discriminator.upcycle.resources.cpus_per_task
@@ -32,6 +34,8 @@ rule warmup_discriminator:
         manifest=f"{RESULTS}/models/discriminator/warm/{MANIFEST}",
     log:
         f"{RESULTS}/logs/discriminator/warmup.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/discriminator/warmup.tsv"
     conda:
         env(CFG.discriminator.warmup.engine)
     threads: CFG.discriminator.warmup.resources.cpus_per_task

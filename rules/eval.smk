@@ -7,6 +7,8 @@ rule fetch_benchmarks:
         manifest=BENCHMARK_CACHE,
     log:
         f"{RESULTS}/logs/eval/fetch-benchmarks.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/eval/fetch-benchmarks.tsv"
     localrule: True
     conda:
         env("lmms_eval")
@@ -35,6 +37,8 @@ rule evaluate:
         manifest=f"{RESULTS}/eval/{{policy}}/{{variant}}/{MANIFEST}",
     log:
         f"{RESULTS}/logs/eval/{{policy}}/{{variant}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/eval/{{policy}}/{{variant}}.tsv"
     conda:
         env(CFG.eval.engine)
     threads: CFG.eval.resources.cpus_per_task

@@ -8,6 +8,8 @@ rule rl:
         manifest=f"{RESULTS}/models/rl/{{policy}}/{{init}}-{{algo}}/{MANIFEST}",
     log:
         f"{RESULTS}/logs/rl/{{policy}}/{{init}}-{{algo}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/rl/{{policy}}/{{init}}-{{algo}}.tsv"
     conda:
         env(CFG.rl.engine)
     threads: CFG.rl.resources.cpus_per_task

@@ -8,6 +8,8 @@ rule sft:
         manifest=f"{RESULTS}/models/sft/{{policy}}/{MANIFEST}",
     log:
         f"{RESULTS}/logs/sft/{{policy}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/sft/{{policy}}.tsv"
     conda:
         env(CFG.sft.engine)
     threads: CFG.sft.resources.cpus_per_task

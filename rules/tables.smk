@@ -44,6 +44,8 @@ rule tables:
         ),
     log:
         f"{RESULTS}/logs/tables.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/tables.tsv"
     localrule: True
     conda:
         "../envs/workflow.yaml"
