@@ -12,13 +12,15 @@ WORKFLOW_DIR = Path(__file__).resolve().parent.parent
 def plan(args) -> None:
     from snakemake.exceptions import WorkflowError
 
-    from prism.cluster.memory import estimates, table
+    from prism.cluster.memory import calibration, calibration_table, estimates, table
     from prism.cluster.plan import plan_jobs, summarize
     from prism.cluster.preflight import read_config
     from prism.core.config import load_config
 
     try:
-        jobs = plan_jobs(args.directory, args.configfile, args.targets, forceall=args.forceall)
+        # a calibration compares every job of the plan, also those the finished run made up to date
+        forceall = args.forceall or args.calibrate is not None
+        jobs = plan_jobs(args.directory, args.configfile, args.targets, forceall=forceall)
     except WorkflowError as err:
         sys.exit(f"prism plan: {err}")
     if not jobs:
@@ -29,6 +31,12 @@ def plan(args) -> None:
     print(summarize(jobs, stages))
     if stages:
         print("\n" + table(stages, cfg.cluster.gpu_memory_gb, {j.rule: j.mem_mb for j in jobs}))
+    if args.calibrate is not None:
+        measured = calibration(jobs, Path(args.calibrate))
+        if not measured:
+            sys.exit(f"prism plan: no benchmark records of these jobs under {args.calibrate}")
+        print(f"\nMeasured in {args.calibrate} (Snakemake's benchmark files; GPU peak: verl's metrics):")
+        print(calibration_table(jobs, measured, stages))
 
 
 def preflight(args) -> None:
@@ -49,6 +57,9 @@ def main(argv: list[str] | None = None) -> None:
     plan_parser.add_argument("--configfile", action="append", default=[], help="e.g. config/tiny.yaml")
     plan_parser.add_argument("--forceall", action="store_true", help="every job, also those up to date")
     plan_parser.add_argument("--directory", default=str(WORKFLOW_DIR), help="the workflow directory")
+    plan_parser.add_argument(
+        "--calibrate", metavar="DIR", help="a finished run's workflow directory: measured hours, memory"
+    )
     plan_parser.set_defaults(run=plan)
     check_parser = commands.add_parser("preflight", help="check cluster settings, memory, disk, tokens first")
     check_parser.add_argument("targets", nargs="*", default=["results/tables/main.csv"])

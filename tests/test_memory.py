@@ -5,6 +5,7 @@ DeepSpeed's ZeRO arithmetic, shapes read from a checkpoint's config.json as tran
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -180,3 +181,41 @@ def test_tiny_plan_estimates_nothing_on_the_cpu_engines():
     cfg = load_config(read_config(ROOT, configfiles)[0])
     jobs = plan_jobs(ROOT, configfiles, ["results/tables/main.csv"], forceall=True)
     assert any(job.gpus for job in jobs) and estimates(cfg, ROOT, jobs) == []
+
+
+def test_calibration_reads_snakemakes_own_benchmark_records_beside_the_plan(workflow_copy, tmp_path):
+    from prism.cluster.memory import read_benchmark
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "hold.py").write_text("import time\nheld = b'x' * 300_000_000\ntime.sleep(1.5)\n")
+    (run / "Snakefile").write_text(
+        'rule hold:\n    output: "out.txt"\n    benchmark: "bench.tsv"\n'
+        '    shell: "python hold.py && touch {output}"\n'
+    )
+    snakemake = [str(Path(sys.executable).with_name("snakemake")), "-c1", "-d", str(run)]
+    finished = subprocess.run([*snakemake, "-s", str(run / "Snakefile")], capture_output=True)
+    assert finished.returncode == 0, finished.stderr.decode()[-2000:]
+    wall, rss = read_benchmark(run / "bench.tsv")
+    assert wall >= 1.5 and rss >= 280  # MB: the 300 MB the job held
+    # the record where the paper plan's first SFT job writes its benchmark
+    record = run / "results/benchmarks/sft/qwen3-vl-4b.tsv"
+    record.parent.mkdir(parents=True)
+    record.write_bytes((run / "bench.tsv").read_bytes())
+    args = [
+        sys.executable,
+        "-m",
+        "prism.cli",
+        "plan",
+        "--directory",
+        str(workflow_copy),
+        "--calibrate",
+        str(run),
+    ]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    measured = result.stdout.split("Measured in")[1].splitlines()
+    row = next(line.split() for line in measured if line.startswith("sft "))
+    assert row[:2] == ["sft", "1/2"]  # one of the two SFT jobs measured
+    assert float(row[2]) == pytest.approx(wall / 3600, abs=0.01) and float(row[3]) == 48.0
+    assert float(row[4]) == pytest.approx(rss / 1024, abs=0.01) and row[6] == "-"

@@ -760,3 +760,76 @@ def table(stages: list[StageMemory], capacity_gib: float, mem_mb: dict[str, int]
             lines.append(f"    {part:<66}{value / GIB:>8.1f}  {source}")
         lines += [f"    ! {problem}" for problem in stage.problems]
     return "\n".join(lines)
+
+
+# -- calibration: what a finished run recorded --------------------------------------------------------
+
+
+@dataclass
+class Measured:
+    """A rule's records in a finished run: Snakemake's benchmark files and the peak GPU memory verl
+    logs (perf/max_memory_allocated_gb in the run's metrics.csv)."""
+
+    jobs: int = 0
+    hours: float = 0.0  # the longest job's wall time
+    max_rss_mb: float = 0.0
+    gpu_peak_gib: float | None = None
+
+
+def read_benchmark(path: Path) -> tuple[float, float]:
+    """(wall seconds, max RSS in MB) of a Snakemake benchmark file (the longest of its repeats)."""
+    import csv
+
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    wall = max(float(row["s"]) for row in rows)
+    rss = max((float(row["max_rss"]) for row in rows if row["max_rss"] not in ("", "NA", "-")), default=0.0)
+    return wall, rss
+
+
+def gpu_peak(metrics_csv: Path) -> float | None:
+    import csv
+
+    if not metrics_csv.is_file():
+        return None
+    with open(metrics_csv, newline="") as handle:
+        values = [row.get("perf/max_memory_allocated_gb") for row in csv.DictReader(handle)]
+    peaks = [float(v) for v in values if v not in (None, "")]
+    return max(peaks) if peaks else None
+
+
+def calibration(jobs, run_dir: Path) -> dict[str, Measured]:
+    """Per rule, what the run in `run_dir` (its workflow directory) recorded for the planned jobs."""
+    measured: dict[str, Measured] = {}
+    for job in jobs:
+        record = run_dir / job.benchmark if job.benchmark else None
+        if record is None or not record.is_file():
+            continue
+        wall, rss = read_benchmark(record)
+        entry = measured.setdefault(job.rule, Measured())
+        entry.jobs += 1
+        entry.hours = max(entry.hours, wall / 3600)
+        entry.max_rss_mb = max(entry.max_rss_mb, rss)
+        for output in job.outputs:
+            peak = gpu_peak(run_dir / Path(output).parent / "metrics.csv")
+            if peak is not None:
+                entry.gpu_peak_gib = max(entry.gpu_peak_gib or 0.0, peak)
+    return measured
+
+
+def calibration_table(jobs, measured: dict[str, Measured], stages: list[StageMemory]) -> str:
+    """Measured hours, max RSS and GPU peak beside the plan's hours, mem_mb and estimates."""
+    lines = [
+        f"{'stage':<32}{'measured':>9}{'h/job':>8}{'planned':>9}{'max RSS GiB':>13}{'mem_mb GiB':>12}"
+        f"{'GPU peak GiB':>14}{'estimate':>10}"
+    ]
+    for rule, entry in measured.items():
+        planned = [j for j in jobs if j.rule == rule]
+        estimate = [s.gpu_bytes / GIB for s in stages if s.rule == rule]
+        peak = f"{entry.gpu_peak_gib:.1f}" if entry.gpu_peak_gib is not None else "-"
+        lines.append(
+            f"{rule:<32}{entry.jobs:>4}/{len(planned):<4}{entry.hours:>8.2f}{planned[0].hours:>9.2f}"
+            f"{entry.max_rss_mb / 1024:>13.2f}{planned[0].mem_mb / 1024:>12.1f}{peak:>14}"
+            f"{max(estimate) if estimate else float('nan'):>10.1f}"
+        )
+    return "\n".join(lines)

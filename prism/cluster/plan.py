@@ -45,6 +45,8 @@ class PlannedJob:
     nodes: int
     hours: float
     mem_mb: int = 0
+    benchmark: str = ""  # the job's Snakemake benchmark file, relative to the workflow directory
+    outputs: tuple[str, ...] = ()
 
     @property
     def gpu_hours(self) -> float:
@@ -108,6 +110,8 @@ def planned(job) -> PlannedJob:
         nodes=int(resources.get("nodes", 1)),
         hours=float(resources.get("runtime", 0)) / 60 if gpus else 0.0,
         mem_mb=int(resources.get("mem_mb", 0)),
+        benchmark=str(job.benchmark or ""),
+        outputs=tuple(map(str, job.output)),
     )
 
 
