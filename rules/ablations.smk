@@ -5,7 +5,6 @@ use rule warmup_discriminator as warmup_dense_discriminator with:
     input:
         model=base_model(CFG.ablations.dense_discriminator),
         data=f"{RESULTS}/data/warmup/{MANIFEST}",
-        code=code("discriminator", "data"),
     output:
         manifest=ABLATION_DISCRIMINATORS["dense_discriminator"],
     log:
@@ -38,19 +37,13 @@ use rule prepare_dataset as prepare_sft_subset with:
         f"{RESULTS}/benchmarks/data/prepare-{{dataset}}-subset.tsv"
     localrule: True
     params:
-        spec=as_arg(
-            {
-                "max_rejected_fraction": CFG.data.max_rejected_fraction,
-                "parts": CFG.ablations.sft_subset,
-            }
-        ),
+        spec=as_arg({"parts": CFG.ablations.sft_subset}),
 
 
 use rule sft as sft_subset with:
     input:
         model=lambda wc: base_model(CFG.policy(wc.policy).model),
         data=f"{RESULTS}/data/sft-subset/{MANIFEST}",
-        code=code("sft", "data", "cluster"),
     output:
         manifest=subset_sft_checkpoint("{policy}"),
     log:
@@ -66,7 +59,6 @@ use rule align as align_ablation with:
         model=ablation_start,
         disc=ablation_discriminator,
         data=f"{RESULTS}/data/align/{MANIFEST}",
-        code=code("align", "discriminator", "data", "verl", "cluster"),
     output:
         manifest=f"{RESULTS}/models/ablations/{{ablation}}/{{policy}}/prism/{MANIFEST}",
     log:
@@ -81,7 +73,6 @@ use rule rl as rl_ablation with:
     input:
         model=f"{RESULTS}/models/ablations/{{ablation}}/{{policy}}/prism/{MANIFEST}",
         data=f"{RESULTS}/data/rl/{MANIFEST}",
-        code=code("rl", "data", "verl", "cluster"),
     output:
         manifest=f"{RESULTS}/models/ablations/{{ablation}}/{{policy}}/prism-{{algo}}/{MANIFEST}",
     log:

@@ -4,7 +4,6 @@ rule align:
         model=lambda wc: sft_checkpoint(wc.policy),
         disc=discriminator_checkpoint(),
         data=f"{RESULTS}/data/align/{MANIFEST}",
-        code=code("align", "discriminator", "data", "verl", "cluster"),
     output:
         manifest=f"{RESULTS}/models/prism/{{policy}}/{MANIFEST}",
     log:
@@ -18,9 +17,10 @@ rule align:
         **gpu_resources(CFG.align.resources),
     params:
         config=as_arg(CFG.align.stage_slice()),
-        launcher=ray_launcher(CFG.align),
-        allocation=allocation(CFG.align.resources),
+        launcher=not_compared(ray_launcher(CFG.align)),
+        allocation=not_compared(allocation(CFG.align.resources)),
         work=lambda wc: work_dir("align", wc.policy),
+        code=code("align", CFG.align.engine),
     shell:
         "{params.launcher} python -m prism.align --config {params.config} --model $(dirname {input.model})"
         " --disc $(dirname {input.disc}) --data $(dirname {input.data})"

@@ -1,11 +1,13 @@
 import json
 import shlex
 import sys
+from functools import cache
 from pathlib import Path, PurePosixPath
 from types import SimpleNamespace
 
 sys.path.insert(0, workflow.basedir)
 
+from prism.core.closure import code_fingerprint, stage_roots  # noqa: E402
 from prism.core.config import TRAINED_ABLATIONS, ConfigError, load_config  # noqa: E402
 
 try:
@@ -30,13 +32,23 @@ def work_dir(*parts) -> str:
     return str(Path(WORK, *parts))
 
 
-def code(*packages) -> list[str]:
-    """The prism modules a job runs, declared as inputs so that code changes rerun it."""
-    base = Path(workflow.basedir)
-    files = [base / "prism" / "__init__.py", *base.glob("prism/core/*.py")]
-    for package in packages:
-        files += base.glob(f"prism/{package}/*.py")
-    return sorted({str(f.relative_to(base)) for f in files})
+@cache
+def code(package: str, engine: str | None = None) -> str:
+    """What `python -m prism.<package>` runs for `engine`: the fingerprint of its import closure
+    without docstrings (prism/core/closure.py). A params value, so a comment or a module nothing
+    imports reruns nothing, and a behaviour edit reruns the jobs whose closure holds it."""
+    return code_fingerprint(stage_roots(f"prism.{package}", engine))
+
+
+def built_code(spec: dict) -> str:
+    """A download depends on no project code; a tiny or synthetic artifact on the code that builds it."""
+    return "" if spec["source"] == "hf" else code("data")
+
+
+def not_compared(value: str):
+    """A param the params trigger skips (it compares no param derived from a job's resources): for
+    where a job runs or when it fails, never its result (allocation, failure thresholds)."""
+    return lambda wildcards, resources: value
 
 
 def env(engine: str) -> str:

@@ -1,7 +1,5 @@
 rule fetch_model:
     """A base model: downloaded from the Hugging Face Hub, or built tiny and random offline."""
-    input:
-        code=code("data"),
     output:
         manifest=f"{INPUTS}/models/{{model}}/{MANIFEST}",
     log:
@@ -13,6 +11,7 @@ rule fetch_model:
         "../envs/workflow.yaml"
     params:
         spec=lambda wc: as_arg(CFG.models[wc.model].selected()),
+        code=lambda wc: built_code(CFG.models[wc.model].selected()),
     shell:
         "python -m prism.data model --name {wildcards.model} --config {params.spec}"
         " --out $(dirname {output.manifest}) > {log} 2>&1"
@@ -20,8 +19,6 @@ rule fetch_model:
 
 rule fetch_dataset:
     """A training set as its authors released it: downloaded, or synthetic shapes in tiny mode."""
-    input:
-        code=code("data"),
     output:
         manifest=f"{INPUTS}/datasets/{{dataset}}/{MANIFEST}",
     log:
@@ -33,6 +30,7 @@ rule fetch_dataset:
         "../envs/workflow.yaml"
     params:
         spec=lambda wc: as_arg(getattr(CFG.data, wc.dataset).selected()),
+        code=lambda wc: built_code(getattr(CFG.data, wc.dataset).selected()),
     shell:
         "python -m prism.data dataset --name {wildcards.dataset} --config {params.spec}"
         " --out $(dirname {output.manifest}) > {log} 2>&1"
@@ -42,7 +40,6 @@ rule prepare_dataset:
     """A fetched set checked row by row and written as its stage reads it; rejected rows are counted by reason."""
     input:
         raw=f"{INPUTS}/datasets/{{dataset}}/{MANIFEST}",
-        code=code("data"),
     output:
         manifest=f"{RESULTS}/data/{{dataset}}/{MANIFEST}",
     log:
@@ -53,16 +50,18 @@ rule prepare_dataset:
     conda:
         "../envs/workflow.yaml"
     params:
-        spec=as_arg({"max_rejected_fraction": CFG.data.max_rejected_fraction}),
+        spec=as_arg({}),
+        settings=not_compared(
+            as_arg({"max_rejected_fraction": CFG.data.max_rejected_fraction})
+        ),
+        code=code("data"),
     shell:
         "python -m prism.data prepare --name {wildcards.dataset} --config {params.spec}"
-        " --raw $(dirname {input.raw}) --out $(dirname {output.manifest}) > {log} 2>&1"
+        " --settings {params.settings} --raw $(dirname {input.raw}) --out $(dirname {output.manifest}) > {log} 2>&1"
 
 
 rule make_benchmarks:
     """Held-out synthetic benchmark sets for the CPU evaluator (lmms-eval brings its own data)."""
-    input:
-        code=code("data"),
     output:
         manifest=f"{RESULTS}/data/bench/{MANIFEST}",
     log:
@@ -80,6 +79,7 @@ rule make_benchmarks:
             if CFG.eval.synthetic
             else ""
         ),
+        code=code("data"),
     shell:
         "python -m prism.data benchmarks --name bench --config {params.spec}"
         " --out $(dirname {output.manifest}) > {log} 2>&1"
@@ -87,8 +87,6 @@ rule make_benchmarks:
 
 rule fetch_released:
     """One of the authors' released checkpoints, used in place of building that stage."""
-    input:
-        code=code("data"),
     output:
         manifest=f"{INPUTS}/released/{{slug}}/{MANIFEST}",
     log:

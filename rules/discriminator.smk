@@ -2,7 +2,6 @@ rule upcycle:
     """Sparse-upcycle the dense discriminator base into a top-k MoE."""
     input:
         model=base_model(CFG.discriminator.model),
-        code=code("discriminator", "data"),
     output:
         manifest=f"{RESULTS}/models/discriminator/upcycled/{MANIFEST}",
     log:
@@ -19,6 +18,7 @@ rule upcycle:
             {"upcycle": CFG.discriminator.upcycle.model_dump(exclude={"resources"})}
         ),
         work=work_dir("discriminator", "upcycle"),
+        code=code("discriminator"),
     shell:
         "python -m prism.discriminator upcycle --config {params.config} --model $(dirname {input.model})"
         " --out $(dirname {output.manifest}) --work {params.work} --threads {threads} > {log} 2>&1"
@@ -29,7 +29,6 @@ rule warmup_discriminator:
     input:
         model=f"{RESULTS}/models/discriminator/upcycled/{MANIFEST}",
         data=f"{RESULTS}/data/warmup/{MANIFEST}",
-        code=code("discriminator", "data"),
     output:
         manifest=f"{RESULTS}/models/discriminator/warm/{MANIFEST}",
     log:
@@ -44,7 +43,8 @@ rule warmup_discriminator:
     params:
         config=warmup_config("moe"),
         work=work_dir("discriminator", "warmup"),
-        launcher=warmup_launcher(),
+        launcher=not_compared(warmup_launcher()),
+        code=code("discriminator"),
     shell:
         "{params.launcher} -m prism.discriminator warmup --config {params.config}"
         " --model $(dirname {input.model})"

@@ -1,8 +1,6 @@
 rule fetch_benchmarks:
     """The benchmarks' data sets, downloaded once by lmms-eval's own tasks into a cache the evaluation jobs
     read offline."""
-    input:
-        code=code("eval"),
     output:
         manifest=BENCHMARK_CACHE,
     log:
@@ -28,7 +26,6 @@ rule evaluate:
     """All configured benchmarks for one model variant (one judge server per job)."""
     input:
         unpack(evaluation_inputs),
-        code=code("eval", "data", "cluster"),
     output:
         scores=expand(
             f"{RESULTS}/eval/{{{{policy}}}}/{{{{variant}}}}/{{benchmark}}.json",
@@ -51,8 +48,9 @@ rule evaluate:
             for name in ("data", "judge", "benchmarks")
             if name in input.keys()
         ),
-        allocation=allocation(CFG.eval.resources),
+        allocation=not_compared(allocation(CFG.eval.resources)),
         work=lambda wc: work_dir("eval", wc.policy, wc.variant),
+        code=code("eval", CFG.eval.engine),
     shell:
         "python -m prism.eval --config {params.config} --model $(dirname {input.model})"
         " {params.inputs} --out $(dirname {output.manifest})"

@@ -3,7 +3,6 @@ rule rl:
     input:
         model=lambda wc: init_checkpoint(wc.policy, wc.init),
         data=f"{RESULTS}/data/rl/{MANIFEST}",
-        code=code("rl", "data", "verl", "cluster"),
     output:
         manifest=f"{RESULTS}/models/rl/{{policy}}/{{init}}-{{algo}}/{MANIFEST}",
     log:
@@ -17,9 +16,10 @@ rule rl:
         **gpu_resources(CFG.rl.resources),
     params:
         config=lambda wc: rl_slice(wc.algo),
-        launcher=ray_launcher(CFG.rl),
-        allocation=allocation(CFG.rl.resources),
+        launcher=not_compared(ray_launcher(CFG.rl)),
+        allocation=not_compared(allocation(CFG.rl.resources)),
         work=lambda wc: work_dir("rl", wc.policy, f"{wc.init}-{wc.algo}"),
+        code=code("rl", CFG.rl.engine),
     shell:
         "{params.launcher} python -m prism.rl --config {params.config} --model $(dirname {input.model})"
         " --data $(dirname {input.data}) --out $(dirname {output.manifest})"

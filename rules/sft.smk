@@ -3,7 +3,6 @@ rule sft:
     input:
         model=lambda wc: base_model(CFG.policy(wc.policy).model),
         data=f"{RESULTS}/data/sft/{MANIFEST}",
-        code=code("sft", "data", "cluster"),
     output:
         manifest=f"{RESULTS}/models/sft/{{policy}}/{MANIFEST}",
     log:
@@ -17,8 +16,9 @@ rule sft:
         **gpu_resources(CFG.sft.resources),
     params:
         config=as_arg(CFG.sft.stage_slice()),
-        allocation=allocation(CFG.sft.resources),
+        allocation=not_compared(allocation(CFG.sft.resources)),
         work=lambda wc: work_dir("sft", wc.policy),
+        code=code("sft", CFG.sft.engine),
     shell:
         "python -m prism.sft --config {params.config} --model $(dirname {input.model})"
         " --data $(dirname {input.data}) --out $(dirname {output.manifest})"

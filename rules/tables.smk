@@ -16,7 +16,6 @@ rule tables:
         ),
         runs=trained_runs(),
         paper=CFG.tables.paper_results,
-        code=code("tables"),
     output:
         **ablation_tables(),
         main=report(
@@ -70,6 +69,7 @@ rule tables:
         eval_root=lambda wc, input: Path(input.scores[0]).parents[2],
         models_root=lambda wc, output: Path(output.main).parents[1] / "models",
         runs=lambda wc, input: " ".join(str(Path(m).parent) for m in input.runs),
+        code=code("tables"),
     shell:
         "python -m prism.tables --config {params.config} --eval-root {params.eval_root}"
         " --models-root {params.models_root} --runs {params.runs}"

@@ -16,8 +16,9 @@ from prism.data.formats import ALIGN_COLUMNS, RL_COLUMNS, read_parquet_rows, rea
 
 
 def prepare(name, raw, out, max_rejected_fraction=0.5) -> subprocess.CompletedProcess:
-    spec = json.dumps({"max_rejected_fraction": max_rejected_fraction})
-    command = ["-m", "prism.data", "prepare", "--name", name, "--config", spec, "--raw", str(raw)]
+    settings = json.dumps({"max_rejected_fraction": max_rejected_fraction})
+    command = ["-m", "prism.data", "prepare", "--name", name, "--config", "{}", "--settings", settings]
+    command += ["--raw", str(raw)]
     return subprocess.run(
         [sys.executable, *command, "--out", str(out)], capture_output=True, text=True, timeout=120
     )
@@ -181,8 +182,9 @@ def test_an_sft_set_from_several_repos_is_prepared_whole_or_in_chosen_parts(tmp_
     assert "kept 12 of 12 rows" in whole.stdout  # each part's registry is read, not taken for data
 
     def subset(parts, out):
-        spec = json.dumps({"max_rejected_fraction": 0, "parts": parts})
+        spec = json.dumps({"parts": parts})
         command = ["-m", "prism.data", "prepare", "--name", "sft", "--config", spec, "--raw", str(raw)]
+        command += ["--settings", '{"max_rejected_fraction": 0}']
         return subprocess.run([sys.executable, *command, "--out", str(out)], capture_output=True, text=True)
 
     result = subset(["distill"], tmp_path / "distill")

@@ -98,7 +98,7 @@ def test_the_yaml_names_the_data_set_preparation_registers(paper_sft, tmp_path):
     command = [sys.executable, "-m", "prism.data", "dataset", "--name", "sft", "--config", json.dumps(spec)]
     subprocess.run([*command, "--out", str(tmp_path / "raw")], check=True, capture_output=True)
     prepare = [sys.executable, "-m", "prism.data", "prepare", "--name", "sft", "--raw", str(tmp_path / "raw")]
-    prepare += ["--config", '{"max_rejected_fraction": 0}', "--out", str(tmp_path / "sft")]
+    prepare += ["--config", "{}", "--settings", '{"max_rejected_fraction": 0}', "--out", str(tmp_path / "sft")]
     subprocess.run(prepare, check=True, capture_output=True)
     settings = training_yaml(paper_sft, Path("/m"), tmp_path / "sft", Path("/w"), None)
     entry = json.loads((tmp_path / "sft" / "dataset_info.json").read_text())[settings["dataset"]]

@@ -48,17 +48,24 @@ def write_manifest(
     config: dict,
     metrics: dict | None = None,
     started: float | None = None,
+    settings: dict | None = None,
+    code_fingerprint: str | None = None,
     **extra,
 ) -> dict:
-    """Record what was built, from which inputs (by their own manifests' hashes), with which config."""
+    """Record what was built, from which inputs (by their own manifests' hashes), with which config and
+    code. `settings` are those that change no result (failure thresholds): recorded, never compared."""
+    code = code_version()
+    if code_fingerprint:
+        code["fingerprint"] = code_fingerprint
     manifest = {
         "stage": stage,
         "inputs": {str(p): file_sha256(p) for p in inputs},
         "config": config,
-        "code": code_version(),
+        "code": code,
         "started": started,
         "finished": time.time(),
         "metrics": metrics or {},
+        **({"settings": settings} if settings is not None else {}),
         **extra,
     }
     write_json_atomic(path, manifest)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import importlib
 import json
 import math
 import os
@@ -167,13 +168,15 @@ def stage_parser(prog: str, description: str, inputs: tuple[str, ...], optional:
     return parser
 
 
-def fingerprint(config: dict, input_dirs: list[Path]) -> str:
-    """What a job trains on: its config slice and its inputs' manifests. State of another is never resumed."""
+def fingerprint(config: dict, input_dirs: list[Path], code: str) -> str:
+    """What a job trains: its config slice, its inputs' manifests and the fingerprint of the code it runs.
+    State computed by other code, settings or inputs is never resumed."""
     from prism.core.manifest import MANIFEST, file_sha256
 
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
-    for directory in input_dirs:
-        digest.update(file_sha256(Path(directory) / MANIFEST).encode())
+    for manifest in sorted(file_sha256(Path(directory) / MANIFEST) for directory in input_dirs):
+        digest.update(manifest.encode())
+    digest.update(code.encode())
     return digest.hexdigest()[:16]
 
 
@@ -182,12 +185,13 @@ def run_stage(
     description: str,
     inputs: tuple[str, ...],
     issue: int,
-    runners: dict[str, Callable],
+    runners: dict[str, Callable | str],
     engine: Callable[[dict], str] | None = None,
     argv: list[str] | None = None,
     optional: tuple[str, ...] = (),
 ) -> None:
-    """Entry point of a stage: parse, refuse an engine this version lacks, run in a keyed work directory."""
+    """Entry point of a stage: parse, refuse an engine this version lacks, run in a keyed work directory.
+    A runner given by module name is that module's `run`, imported only when its engine is chosen."""
     args = stage_parser(f"python -m prism.{stage}", description, inputs, optional).parse_args(argv)
     chosen = engine(args.config) if engine else "cpu"
     if chosen not in runners:
@@ -209,9 +213,15 @@ def run_stage(
             "interrupted download or a crashed job) or not an artifact of this pipeline. Rerun the rule "
             "that makes it (Snakemake does so by itself) or point the argument at a finished artifact."
         )
-    args.work = args.work / fingerprint(args.config, args.inputs)
+    from prism.core.closure import code_fingerprint, stage_roots
+
+    args.code = code_fingerprint(stage_roots(f"prism.{stage}", chosen))
+    args.work = args.work / fingerprint(args.config, args.inputs, args.code)
+    runner = runners[chosen]
+    if isinstance(runner, str):
+        runner = importlib.import_module(runner).run
     try:
-        runners[chosen](args)
+        runner(args)
     except InputError as err:
         sys.exit(
             f"{stage}: {err}. No manifest was written to {args.out}; fix or rebuild that input (delete "
@@ -258,4 +268,5 @@ class TrainingRun:
             self.args.config,
             {"steps": self.total, **metrics},
             self.started,
+            code_fingerprint=getattr(self.args, "code", None),
         )

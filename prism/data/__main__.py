@@ -241,8 +241,11 @@ def prepare_dataset(args, spec: dict, out: Path, started: float) -> None:
     if not args.raw:
         sys.exit("python -m prism.data prepare: --raw DIR is required")
     raw = Path(args.raw)
+    settings = parse_slice(args.settings)
+    if "max_rejected_fraction" not in settings:
+        sys.exit('python -m prism.data prepare: --settings needs {"max_rejected_fraction": F}')
     try:
-        report = prepare(args.name, raw, out, spec["max_rejected_fraction"], spec.get("parts", []))
+        report = prepare(args.name, raw, out, settings["max_rejected_fraction"], spec.get("parts", []))
     except InputError as err:
         sys.exit(f"preparing {args.name} from {raw} failed, no manifest written: {err}")
     rejected = report["read"] - report["kept"]
@@ -251,7 +254,7 @@ def prepare_dataset(args, spec: dict, out: Path, started: float) -> None:
         print(f"  rejected {count}: {reason} (first at {report['first_rejected_at'][reason]})", flush=True)
     if not rejected:
         print("  none rejected", flush=True)
-    write_manifest(out / MANIFEST, f"prepare:{args.name}", [raw / MANIFEST], spec, report, started)
+    write_manifest(out / MANIFEST, f"prepare:{args.name}", [raw / MANIFEST], spec, report, started, settings)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -267,6 +270,9 @@ def main(argv: list[str] | None = None) -> None:
         help="what a downloaded model must be: a whole Qwen3-VL checkpoint; a discriminator has a value head",
     )
     parser.add_argument("--raw", help="prepare: the fetched data set's directory")
+    parser.add_argument(
+        "--settings", default="{}", help="prepare: what changes no result (max_rejected_fraction), JSON"
+    )
     args = parser.parse_args(argv)
     spec, out, started = checked_spec(args), Path(args.out), time.time()
     out.mkdir(parents=True, exist_ok=True)

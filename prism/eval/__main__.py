@@ -4,7 +4,9 @@ the synthetic sets) or `--judge MODEL_DIR --benchmarks CACHE_DIR` (lmms_eval eng
 beside the model, and the benchmarks' data sets as prism.eval.fetch cached them)."""
 
 from prism.core.training import run_stage
-from prism.eval import cpu, lmms
+
+# The module each engine runs: only the chosen one is imported, and only its code is the job's.
+ENGINES = {"cpu": "prism.eval.cpu", "lmms_eval": "prism.eval.lmms"}
 
 if __name__ == "__main__":
     run_stage(
@@ -12,7 +14,7 @@ if __name__ == "__main__":
         __doc__,
         ("model",),
         issue=7,
-        runners={"cpu": cpu.run, "lmms_eval": lmms.run},
+        runners=ENGINES,
         engine=lambda cfg: cfg["engine"],
         optional=("data", "judge", "benchmarks"),
     )

@@ -1,8 +1,9 @@
 """Stage 3 RLVR: `python -m prism.rl --config JSON --model INIT --data RL --out DIR --work DIR`."""
 
 from prism.core.training import run_stage
-from prism.rl import cpu, verl_engine
+
+# The module each engine runs: only the chosen one is imported, and only its code is the job's.
+ENGINES = {"cpu": "prism.rl.cpu", "verl": "prism.rl.verl_engine"}
 
 if __name__ == "__main__":
-    runners = {"cpu": cpu.run, "verl": verl_engine.run}
-    run_stage("rl", __doc__, ("model", "data"), issue=5, runners=runners, engine=lambda cfg: cfg["engine"])
+    run_stage("rl", __doc__, ("model", "data"), issue=5, runners=ENGINES, engine=lambda cfg: cfg["engine"])

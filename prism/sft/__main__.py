@@ -1,7 +1,9 @@
 """Stage 1 SFT: `python -m prism.sft --config JSON --model BASE --data SFT_DATA --out DIR --work DIR`."""
 
 from prism.core.training import run_stage
-from prism.sft import cpu, llamafactory
+
+# The module each engine runs: only the chosen one is imported, and only its code is the job's.
+ENGINES = {"cpu": "prism.sft.cpu", "llamafactory": "prism.sft.llamafactory"}
 
 if __name__ == "__main__":
     run_stage(
@@ -9,6 +11,6 @@ if __name__ == "__main__":
         __doc__,
         ("model", "data"),
         issue=6,
-        runners={"cpu": cpu.run, "llamafactory": llamafactory.run},
+        runners=ENGINES,
         engine=lambda cfg: cfg["engine"],
     )
