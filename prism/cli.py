@@ -1,8 +1,12 @@
-"""`prism` command line: `prism plan|preflight [--configfile FILE] [TARGET ...]`."""
+"""`prism` command line: `prism plan|preflight [--configfile FILE] [TARGET ...]`, `prism clean --work`."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import re
+import shlex
+import shutil
 import sys
 from pathlib import Path
 
@@ -49,6 +53,67 @@ def preflight(args) -> None:
     print("prism preflight: cluster settings, memory estimates, disk space and tokens are in order.")
 
 
+STATE_DIR = re.compile(r"[0-9a-f]{16}")
+
+
+def resumable_state(jobs) -> tuple[Path, set[Path]]:
+    """The work root, and the state directory each job of the DAG would resume: named by its config
+    slice, its inputs' manifests and its code (prism.core.training.fingerprint). A job whose inputs are
+    still to be built can resume none: they get new manifests."""
+    from prism.core.config import load_config
+    from prism.core.manifest import MANIFEST
+    from prism.core.training import fingerprint
+
+    resumable = set()
+    for job in jobs:
+        params = dict(job.params.items())
+        if "work" not in params:
+            continue
+        inputs = [Path(f).parent for f in job.input if Path(f).name == MANIFEST]
+        if all((directory / MANIFEST).is_file() for directory in inputs):
+            config = json.loads(shlex.split(params["config"])[0])
+            resumable.add(Path(params["work"]) / fingerprint(config, inputs, params["code"]))
+    config = jobs[0].rule.workflow.config if jobs else {}
+    return Path(load_config(config).paths.work), resumable
+
+
+def state_dirs(root: Path) -> list[Path]:
+    """Every job state directory under `root` (a directory named by a fingerprint)."""
+    found = []
+    for path in sorted(p for p in root.rglob("*") if p.is_dir()):
+        if STATE_DIR.fullmatch(path.name) and not any(path.is_relative_to(f) for f in found):
+            found.append(path)
+    return found
+
+
+def clean(args) -> None:
+    from snakemake.exceptions import WorkflowError
+
+    from prism.cluster.plan import with_dag_jobs
+
+    directory = Path(args.directory)
+    try:
+        work, resumable = with_dag_jobs(directory, args.configfile, args.targets, True, resumable_state)
+    except WorkflowError as err:
+        sys.exit(f"prism clean: {err}")
+    stale = [path for path in state_dirs(directory / work) if path.relative_to(directory) not in resumable]
+    if not stale:
+        print(f"prism clean: every state directory under {work} is one a current job resumes.")
+        return
+    total = 0
+    for path in stale:
+        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        total += size
+        state = "removed" if args.delete else "stale"
+        print(f"{state}  {size / 1e6:10.1f} MB  {path.relative_to(directory)}")
+        if args.delete:
+            shutil.rmtree(path)
+    verb = "removed" if args.delete else "no current job resumes"
+    print(f"prism clean: {len(stale)} state directories, {total / 1e6:.1f} MB: {verb}.")
+    if not args.delete:
+        print("Nothing was removed; run `prism clean --work --delete` to remove them.")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="prism", description="PRISM pipeline tools")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -67,6 +132,13 @@ def main(argv: list[str] | None = None) -> None:
     check_parser.add_argument("--workflow-profile", help="the profile you submit with, e.g. profiles/slurm")
     check_parser.add_argument("--directory", default=str(WORKFLOW_DIR), help="the workflow directory")
     check_parser.set_defaults(run=preflight)
+    clean_parser = commands.add_parser("clean", help="list (or remove) work state no current job resumes")
+    clean_parser.add_argument("--work", action="store_true", required=True, help="the work/ state of jobs")
+    clean_parser.add_argument("--delete", action="store_true", help="remove them (default: only list)")
+    clean_parser.add_argument("targets", nargs="*", default=[], help="default: the workflow's targets")
+    clean_parser.add_argument("--configfile", action="append", default=[], help="e.g. config/tiny.yaml")
+    clean_parser.add_argument("--directory", default=str(WORKFLOW_DIR), help="the workflow directory")
+    clean_parser.set_defaults(run=clean)
     args = parser.parse_args(argv)
     args.run(args)
 
