@@ -14,6 +14,8 @@ try:
     CFG = load_config(config)
 except ConfigError as err:
     sys.exit(f"prism-pipeline: {err}")
+for warning in CFG.warnings():
+    print(f"prism-pipeline: warning: {warning}", file=sys.stderr)
 
 RESULTS = CFG.paths.results
 INPUTS = CFG.paths.hf_cache

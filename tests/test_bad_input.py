@@ -110,6 +110,29 @@ def test_snakemake_refuses_unevenly_split_gpus_before_submitting(workflow_copy):
     assert_refused(result, "rl.resources.gpus: 9 GPUs do not split evenly over 2 nodes")
 
 
+@pytest.mark.parametrize(
+    ("overlay", "expected"),
+    [
+        ({"align": {"source": "released"}}, "align.released: no released checkpoint for ['qwen3-vl-8b']"),
+        ({"eval": {"benchmarks": []}}, "eval.benchmarks: List should have at least 1 item"),
+    ],
+)
+def test_snakemake_refuses_what_used_to_end_in_a_traceback(workflow_copy, overlay, expected):
+    from conftest import snakemake, write_config
+
+    result = snakemake(workflow_copy, "-n", "--configfile", write_config(workflow_copy, "bad.yaml", overlay))
+    assert_refused(result, expected)
+
+
+def test_snakemake_warns_of_a_multi_node_job_on_part_of_each_node(workflow_copy):
+    from conftest import snakemake, write_config
+
+    overlay = write_config(workflow_copy, "split.yaml", {"align": {"resources": {"gpus": 8, "nodes": 2}}})
+    result = snakemake(workflow_copy, "-n", "--configfile", overlay)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "warning: align.resources: 2 nodes x 4 GPUs of 8-GPU nodes" in result.stderr
+
+
 # ------------------------------------------------------------------------------------ data and models
 
 

@@ -3,6 +3,7 @@
 import copy
 
 import pytest
+from snakemake.utils import update_config
 
 from conftest import snakemake, write_config
 from prism.core.config import ConfigError, load_config
@@ -79,6 +80,63 @@ def test_the_sft_subset_ablation_trains_on_some_of_the_sft_sets_repos(paper_conf
     one_repo = bad(config, "data.sft.hf", {"repo": "prism-vlm/gemini_distill"})
     with pytest.raises(ConfigError, match=r"parts \[\]"):
         load_config(one_repo)
+
+
+TWO_POLICIES_ONE_NAME = [
+    {"name": "qwen3-vl-4b", "model": "qwen3-vl-4b"},
+    {"name": "qwen3-vl-4b", "model": "qwen3-vl-8b"},
+]
+
+
+@pytest.mark.parametrize(
+    ("overlay", "expected"),
+    [
+        ({"align": {"source": "released"}}, ["align.released: no released checkpoint for ['qwen3-vl-8b']"]),
+        (
+            {"sft": {"source": "released", "released": {"qwen3-vl-8b": ""}}},
+            ["sft.released: no released checkpoint for ['qwen3-vl-8b']", "sft.source: build"],
+        ),
+        ({"eval": {"benchmarks": []}}, ["eval.benchmarks: List should have at least 1 item"]),
+        ({"policies": TWO_POLICIES_ONE_NAME}, ["policies: the name 'qwen3-vl-4b' is given to 2 policies"]),
+        (
+            {"cluster": {"gpu_model": ""}, "align": {"resources": {"gpus": 16, "nodes": 2}}},
+            ["cluster.gpu_model: empty, but align runs on 2 nodes", "--gres=gpu:MODEL:N"],
+        ),
+        ({"rl": {"resources": {"gpus": 0}}}, ["rl.resources.gpus: 0, but engine 'verl' runs on GPUs"]),
+        (
+            {"rl": {"source": "released"}},
+            [
+                "rl.released: no released checkpoint for the runs",
+                "'qwen3-vl-4b/sft-grpo'",
+                "'qwen3-vl-8b/prism-gspo'",
+            ],
+        ),
+    ],
+)
+def test_a_config_that_would_fail_later_is_refused_on_load(paper_config, overlay, expected):
+    config = copy.deepcopy(paper_config)
+    update_config(config, overlay)
+    with pytest.raises(ConfigError) as err:
+        load_config(config)
+    for fragment in expected:
+        assert fragment in str(err.value)
+
+
+def test_an_unused_ablations_block_is_not_validated(paper_config):
+    config = copy.deepcopy(paper_config)
+    update_config(config, {"ablations": {"settings": [], "policy": "qwen3-vl-2b"}})
+    assert load_config(config).ablations.settings == []
+    update_config(config, {"ablations": {"settings": ["no_sft"]}})
+    with pytest.raises(ConfigError, match="ablations.policy: 'qwen3-vl-2b' is not one of the policies"):
+        load_config(config)
+
+
+def test_a_multi_node_job_on_part_of_each_node_is_warned_about(paper_config):
+    assert load_config(paper_config).warnings() == []
+    config = copy.deepcopy(paper_config)
+    update_config(config, {"align": {"resources": {"gpus": 8, "nodes": 2}}})
+    (warning,) = load_config(config).warnings()
+    assert warning.startswith("align.resources: 2 nodes x 4 GPUs of 8-GPU nodes")
 
 
 def test_snakemake_refuses_a_bad_config_without_a_traceback(workflow_copy):

@@ -388,7 +388,7 @@ class Eval(Strict):
     max_new_tokens: PositiveInt
     seed: int = 1
     variants: list[str]
-    benchmarks: list[Benchmark]
+    benchmarks: Annotated[list[Benchmark], Field(min_length=1)]
     scoring: dict[Benchmark, Scoring]
     judge: Judge | None = None
     lmms_eval: LmmsEvalSettings | None = None
@@ -497,7 +497,14 @@ class Config(Strict):
         if self.eval.engine == "lmms_eval" and self.eval.judge.model not in self.models:
             judge = self.eval.judge.model
             problems.append(f"eval.judge.model: {judge!r} is not in models {sorted(self.models)}")
+        names = [p.name for p in self.policies]
+        problems += [
+            f"policies: the name {name!r} is given to {names.count(name)} policies; each needs its own"
+            for name in sorted({n for n in names if names.count(n) > 1})
+        ]
         problems += self._ablation_problems()
+        problems += self._released_problems()
+        problems += self._gpu_problems()
         allowed = self.variant_names()
         for i, variant in enumerate(self.eval.variants):
             if variant not in allowed:
@@ -517,6 +524,75 @@ class Config(Strict):
             raise ValueError("; ".join(problems))
         return self
 
+    def _released_problems(self) -> list[str]:
+        """A stage taken from released checkpoints needs one for every policy (or run) it serves."""
+        problems = []
+        for stage in ("sft", "align"):
+            block = getattr(self, stage)
+            missing = [
+                p.name for p in self.policies if block.source == "released" and not block.released.get(p.name)
+            ]
+            if missing:
+                problems.append(
+                    f"{stage}.released: no released checkpoint for {missing} although {stage}.source is "
+                    f"released (there are for {sorted(block.released)}); build those ({stage}.source: build) "
+                    "or drop the policies"
+                )
+        if self.discriminator.source == "released" and not self.discriminator.released:
+            problems.append("discriminator.released: empty although discriminator.source is released")
+        if self.rl.source == "released":
+            runs = [f"{init}-{algo}" for init in self.rl.inits for algo in self.rl.algorithms]
+            missing = [
+                f"{p.name}/{run}"
+                for p in self.policies
+                for run in runs
+                if not self.rl.released.get(p.name, {}).get(run)
+            ]
+            if missing:
+                problems.append(
+                    f"rl.released: no released checkpoint for the runs {missing} although rl.source is "
+                    "released, so they would be trained. Set rl.source: build, or narrow rl.inits / "
+                    "rl.algorithms to the released runs"
+                )
+        return problems
+
+    def _gpu_problems(self) -> list[str]:
+        """What Slurm would refuse at submission, or run on the wrong partition."""
+        problems = []
+        engines = {
+            "sft": self.sft.engine,
+            "discriminator.warmup": self.discriminator.warmup.engine,
+            "align": self.align.engine,
+            "rl": self.rl.engine,
+            "eval": self.eval.engine,
+        }
+        for resources, where in self.stage_resources():
+            engine = engines.get(where, "cpu")
+            if resources.gpus == 0 and engine != "cpu":
+                problems.append(
+                    f"{where}.resources.gpus: 0, but engine {engine!r} runs on GPUs; ask for at least 1"
+                )
+            if resources.nodes > 1 and resources.gpus and not self.cluster.gpu_model:
+                problems.append(
+                    f"cluster.gpu_model: empty, but {where} runs on {resources.nodes} nodes, whose per-node "
+                    "GPU request (--gres=gpu:MODEL:N) needs the GPU type Slurm knows, e.g. h100"
+                )
+        return problems
+
+    def warnings(self) -> list[str]:
+        """Settings that run but waste the cluster: a multi-node job on part of each node."""
+        found = []
+        for resources, where in self.stage_resources():
+            per_node = resources.gpus // resources.nodes
+            if resources.nodes > 1 and per_node < self.cluster.gpus_per_node:
+                found.append(
+                    f"{where}.resources: {resources.nodes} nodes x {per_node} GPUs of "
+                    f"{self.cluster.gpus_per_node}-GPU nodes; the job waits for {resources.nodes} nodes and "
+                    f"its processes talk across the network, where {resources.gpus} GPUs fit on "
+                    f"{-(-resources.gpus // self.cluster.gpus_per_node)} node(s)"
+                )
+        return found
+
     def variant_names(self) -> list[str]:
         """Every table row a policy can have: base, SFT, aligned, and each (init, algorithm) RL run."""
         rl = [f"{init}-{algo}" for init in self.rl.inits for algo in self.rl.algorithms]
@@ -529,8 +605,8 @@ class Config(Strict):
 
     def _ablation_problems(self) -> list[str]:
         ablations = self.ablations
-        if ablations is None:
-            return []
+        if ablations is None or not ablations.settings:
+            return []  # no ablation row is built: the block is not used
         problems = []
         if ablations.policy not in {p.name for p in self.policies}:
             problems.append(f"ablations.policy: {ablations.policy!r} is not one of the policies")
