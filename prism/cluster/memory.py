@@ -396,6 +396,16 @@ class Job:
     mem_mb: int
 
 
+# Where a rendered verl command sets the discriminator's token budget: the V1 trainer sizes the critic
+# engine's micro-batches from ppo_infer_max_token_len_per_gpu (default 32768); older renderings used
+# ppo_max_token_len_per_gpu.
+CRITIC_TOKEN_BUDGET = (
+    "+critic.ppo_infer_max_token_len_per_gpu",
+    "critic.ppo_infer_max_token_len_per_gpu",
+    "critic.ppo_max_token_len_per_gpu",
+)
+
+
 def verl_stage(
     stage: StageMemory,
     settings: dict,
@@ -445,7 +455,7 @@ def verl_stage(
     resident = 0.0 if settings[actor + "fsdp_config.param_offload"] else actor_states
     host = actor_states * shards if settings[actor + "fsdp_config.param_offload"] else 0.0
     if critic is not None:
-        critic_tokens = int(settings["critic.ppo_max_token_len_per_gpu"])
+        critic_tokens = int(next((settings[key] for key in CRITIC_TOKEN_BUDGET if key in settings), 32768))
         critic_ckpt = bool(settings["critic.model.enable_gradient_checkpointing"])
         critic_states = fsdp_model_states(critic, shards)
         critic_update = critic_states + activation_bytes(critic, critic_tokens, critic_ckpt)
@@ -462,10 +472,16 @@ def verl_stage(
     # offloaded states of the node's ranks, and vLLM's weights parked on the CPU while the trainers run
     stage.host_bytes = host / job.nodes + vllm.weights * shards / job.nodes
     stage.parts["host: offloaded states and parked vLLM weights, per node"] = (stage.host_bytes, "estimate")
-    bound = (
-        f"bound {where}.max_prompt_length + max_response_length (verl's rollout.max_model_len) or raise "
-        f"{where}.verl.rollout_gpu_memory_utilization"
-    )
+    if settings.get(rollout + "max_model_len"):
+        bound = (
+            f"raise {where}.verl.rollout_gpu_memory_utilization or shorten {where}.max_prompt_length + "
+            "max_response_length (verl's rollout.max_model_len)"
+        )
+    else:
+        bound = (
+            f"bound {where}.max_prompt_length + max_response_length (verl's rollout.max_model_len) or raise "
+            f"{where}.verl.rollout_gpu_memory_utilization"
+        )
     _vllm_check(stage, vllm, f"{where}.verl.rollout_gpu_memory_utilization={vllm.budget / capacity:g}", bound)
     _gpu_check(
         stage,
@@ -721,7 +737,8 @@ class Estimator:
 
 def estimates(cfg, workflow_dir: Path, jobs) -> list[StageMemory]:
     """One estimate per distinct figure of the planned jobs: jobs that differ only in data or
-    initialisation share one, and RL algorithms with the same settings share a line (`grpo/dapo`)."""
+    initialisation share one, and RL algorithms or benchmarks with the same figures share a line
+    (`grpo/dapo`)."""
     estimator, distinct = Estimator(cfg, workflow_dir), {}
     for planned in jobs:
         job = Job(planned.rule, planned.wildcards, planned.gpus, planned.nodes, planned.mem_mb)
@@ -730,7 +747,7 @@ def estimates(cfg, workflow_dir: Path, jobs) -> list[StageMemory]:
             continue
         base, _, variant = stage.model.partition(" ")
         figures = tuple((part, round(value)) for part, (value, _) in stage.parts.items())
-        key = (stage.rule, base if job.rule.startswith("rl") else stage.model, figures)
+        key = (stage.rule, base, figures)
         if key not in distinct:
             distinct[key] = stage
         elif variant and variant not in distinct[key].model.split(" ", 1)[1].split("/"):
