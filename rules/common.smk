@@ -115,6 +115,8 @@ def gpu_resources(resources) -> dict:
         slurm["slurm_partition"] = CFG.cluster.partition
     if CFG.cluster.account:
         slurm["slurm_account"] = CFG.cluster.account
+    if resources.gpus == 0:  # a CPU job, such as the upcycle
+        return slurm
     if resources.nodes == 1:
         return {**slurm, "gpu": resources.gpus, "gpu_model": CFG.cluster.gpu_model}
     per_node = resources.gpus // resources.nodes

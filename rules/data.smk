@@ -46,9 +46,11 @@ rule prepare_dataset:
         f"{RESULTS}/logs/data/prepare-{{dataset}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/data/prepare-{{dataset}}.tsv"
-    localrule: True
     conda:
         "../envs/workflow.yaml"
+    threads: CFG.data.resources.cpus_per_task
+    resources:
+        **cpu_resources(CFG.data.resources),
     params:
         spec=as_arg({}),
         settings=not_compared(

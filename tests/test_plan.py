@@ -36,11 +36,13 @@ def test_paper_plan_lists_every_job_with_gpu_hours():
     assert counts(jobs) == PAPER_JOBS
     rl = [j for j in jobs if j.rule == "rl"]
     assert {(j.gpus, j.nodes, j.hours, j.local) for j in rl} == {(8, 1, 72.0, False)}
-    local = ("fetch_model", "fetch_dataset", "prepare_dataset", "fetch_benchmarks", "tables")
+    local = ("fetch_model", "fetch_dataset", "fetch_benchmarks", "tables")
     assert all(j.local for j in jobs if j.rule in local)
+    prepare = {(j.local, j.gpus, j.mem_mb) for j in jobs if j.rule == "prepare_dataset"}
+    assert prepare == {(False, 0, 32000)}  # a Slurm CPU job with data.resources, not the login node
     table = summarize(jobs)
     assert "rl" in table and "6912.0" in table  # 12 runs x 8 GPUs x 72 h
-    assert table.splitlines()[-1].split()[:2] == ["total", "50"]
+    assert table.splitlines()[-1].split()[:2] == ["total", "176"]
 
 
 def test_every_ablation_row_adds_its_own_chain_to_the_paper_plan(workflow_copy):

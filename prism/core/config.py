@@ -225,7 +225,9 @@ class Upcycle(Strict):
 class Warmup(EpochTraining):
     engine: Literal["accelerate", "cpu"]
     heldout_pairs: Annotated[int, Field(ge=0)]
+    max_image_side: PositiveInt
     max_pixels: PositiveInt
+    gradient_checkpointing: bool
     grad_clip: PositiveFloat
 
     @model_validator(mode="after")
