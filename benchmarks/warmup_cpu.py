@@ -18,8 +18,8 @@ from prism.core.config import TinyModel
 from prism.core.losses import bradley_terry
 from prism.core.modeling import load_model, load_processor
 from prism.data.__main__ import main as make_data
-from prism.data.formats import read_warmup_pairs
 from prism.discriminator.model import Discriminator
+from prism.discriminator.pairs import WarmupLines, pairs_of
 from prism.discriminator.stages import render_pairs
 from prism.discriminator.upcycle import save_upstream_layout, upcycle
 
@@ -40,13 +40,15 @@ def main() -> None:
         save_upstream_layout(upcycle(load_model(str(tmp / "dense")), 4, 2, 0.01, 0.02, 0.01, 0), tmp / "moe")
         processor = load_processor(str(tmp / "dense"))
         disc = Discriminator(load_model(str(tmp / "moe")), dropout=0.1).train()
-        pairs = read_warmup_pairs(tmp / "data" / "warmup_pairwise.jsonl")
+        lines = WarmupLines(tmp / "data" / "warmup_pairwise.jsonl")
+        pairs = pairs_of(range(len(lines)))
         optimizer = torch.optim.AdamW(disc.parameters(), lr=1e-4)
         times = []
         for step in range(args.steps):
             batch = pairs[step * args.batch_size : (step + 1) * args.batch_size]
             start = time.perf_counter()
-            scores, balance = disc(render_pairs(processor, batch, sees_images=True), router_aux=True)
+            inputs = render_pairs(processor, lines, batch, 560, sees_images=True)
+            scores, balance = disc(inputs, router_aux=True)
             teacher, student = scores.chunk(2)
             (bradley_terry(teacher, student) + 0.01 * balance).backward()
             optimizer.step()
@@ -55,7 +57,7 @@ def main() -> None:
     steady = sorted(times[2:])
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(
-        f"warmup step ({args.batch_size} pairs = {4 * args.batch_size} sequences, {args.threads} threads): "
+        f"warmup step ({args.batch_size} pairs = {2 * args.batch_size} sequences, {args.threads} threads): "
         f"median {1000 * steady[len(steady) // 2]:.1f} ms, first {1000 * times[0]:.1f} ms; "
         f"peak RSS {peak_mb:.0f} MB"
     )

@@ -277,7 +277,9 @@ def test_warmup_shares_batches_across_processes_and_learns(tiny_dir, tmp_path):
             "grad_accum": 2,
             "max_length": 256,
             "heldout_pairs": 32,
+            "max_image_side": 560,
             "max_pixels": 16384,
+            "gradient_checkpointing": True,
             "grad_clip": 1.0,
             "seed": 0,
         },
@@ -306,7 +308,9 @@ def test_warmup_shares_batches_across_processes_and_learns(tiny_dir, tmp_path):
     )
     metrics = json.loads((tmp_path / "disc" / "manifest.json").read_text())["metrics"]
     assert metrics["processes"] == 2
-    assert metrics["steps"] == 8  # 64 pairs / (4 per process x 2 processes) x 2 epochs / 2 accumulated
+    # 64 lines = 128 comparison pairs, 4 per process and forward (8 sequences) x 2 processes x 2 accumulated
+    assert (metrics["lines"], metrics["pairs"], metrics["sequences_per_forward"]) == (64, 128, 8)
+    assert metrics["pairs_per_step"] == 16 and metrics["steps"] == 16  # 128 pairs / 16 x 2 epochs
     assert metrics["heldout_loss_after"] < metrics["heldout_loss_before"]
     assert Discriminator.load(tmp_path / "disc") is not None
 

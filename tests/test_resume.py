@@ -123,7 +123,7 @@ def moe_dir(tiny_dir, cfg, tmp_path_factory):
 def test_warmup_preempted_mid_run_resumes_from_its_accelerate_state(moe_dir, data, cfg, tmp_path):
     warmup = {
         **cfg.discriminator.warmup.model_dump(exclude={"resources"}),
-        "batch_size": 4,
+        "batch_size": 8,  # 40 training lines = 80 pairs: 10 steps
         "heldout_pairs": 8,
     }
     config = {

@@ -58,20 +58,6 @@ def decode_image(item, where: str) -> Image.Image:
         raise DataError(f"{where}: unreadable image ({err})") from None
 
 
-def read_warmup_pairs(path: str | Path) -> list[dict]:
-    """Pairwise warmup lines with their image loaded; incomplete lines are refused, not skipped."""
-    path = Path(path)
-    pairs = []
-    for number, line in enumerate(read_text(path).splitlines(), start=1):
-        record = parse_json(line, f"{path}:{number}")
-        empty = [f for f in WARMUP_FIELDS if not isinstance(record, dict) or not record.get(f)]
-        if empty:
-            raise DataError(f"{path}:{number}: empty or missing fields {empty}")
-        record["image"] = open_image(path.parent / record["image"], f"{path}:{number}")
-        pairs.append(record)
-    return pairs
-
-
 def read_sft_examples(directory: str | Path) -> list[dict]:
     """The sharegpt conversations registered in dataset_info.json, as rows + assistant responses."""
     from prism.core.prompts import prompt_messages

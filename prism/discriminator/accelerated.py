@@ -7,16 +7,24 @@ import json
 import shutil
 from pathlib import Path
 
-# Relative to the workflow directory, where jobs run (so the path in params does not depend on the checkout).
-DEEPSPEED_CONFIG = "prism/discriminator/ds_zero2.json"
+DEEPSPEED_CONFIG = Path(__file__).with_name("ds_zero2.json")
 
 
-def accelerator_for(engine: str, grad_accum: int):
+def accelerator_for(engine: str, grad_accum: int, pairs_per_process: int):
+    """The Accelerator of one warmup process. Batches are built by the training loop, not a DataLoader, so
+    DeepSpeed's micro batch (left "auto" in ds_zero2.json, which `prepare` can resolve only from a
+    DataLoader) is set here: the pairs one process scores per forward."""
     from accelerate import Accelerator, DistributedDataParallelKwargs
 
     # Experts a batch never routes to get no gradient: DDP must not wait for them.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
-    return Accelerator(cpu=engine == "cpu", gradient_accumulation_steps=grad_accum, kwargs_handlers=[ddp])
+    accelerator = Accelerator(
+        cpu=engine == "cpu", gradient_accumulation_steps=grad_accum, kwargs_handlers=[ddp]
+    )
+    deepspeed = accelerator.state.deepspeed_plugin
+    if deepspeed is not None:
+        deepspeed.deepspeed_config["train_micro_batch_size_per_gpu"] = pairs_per_process
+    return accelerator
 
 
 def launch_command(gpus: int, grad_accum: int) -> str:

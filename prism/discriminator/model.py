@@ -57,7 +57,7 @@ class Discriminator(nn.Module):
         text = self.backbone.config.text_config
         router_logits = getattr(out, "router_logits", None)
         if not router_logits or not getattr(text, "num_experts", 0):
-            return torch.zeros(())
+            return torch.zeros((), device=mask.device)
         return load_balancing_loss_func(router_logits, text.num_experts, text.num_experts_per_tok, mask)
 
     def save(self, out_dir: str | Path) -> None:
