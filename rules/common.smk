@@ -104,6 +104,16 @@ def allocation(resources) -> str:
     )
 
 
+def cpu_resources(resources) -> dict:
+    """Slurm executor resources of a CPU job (on the cluster's default partition)."""
+    slurm = {
+        "mem_mb": resources.mem_mb,
+        "runtime": round(resources.hours * 60),
+        "cpus_per_task": resources.cpus_per_task,
+    }
+    return slurm | ({"slurm_account": CFG.cluster.account} if CFG.cluster.account else {})
+
+
 def gpu_resources(resources) -> dict:
     """Slurm executor resources of a GPU stage: --gpus for one node; per-node gres + srun for several."""
     slurm = {

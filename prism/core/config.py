@@ -49,6 +49,14 @@ class Resources(Strict):
     cpus_per_task: PositiveInt
 
 
+class CpuResources(Strict):
+    """What one CPU job asks Slurm for (no GPU, on the default partition)."""
+
+    hours: PositiveFloat
+    mem_mb: PositiveInt
+    cpus_per_task: PositiveInt
+
+
 class DiskEstimate(Strict):
     """GB a full run writes under each path; `prism preflight` compares them with the free space."""
 
@@ -157,6 +165,7 @@ class Data(Strict):
     rl: Dataset
     # Preparation stops when it would leave out more than this fraction of a set: a format mismatch.
     max_rejected_fraction: Fraction = 0.02
+    resources: CpuResources  # of each prepare job: a Slurm CPU job, not the login node
 
 
 class EpochTraining(Strict):
