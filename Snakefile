@@ -2,6 +2,17 @@
 # RLVR (GRPO/DAPO/GSPO) -> benchmarks -> the paper's tables. Tiny CPU mode: --configfile config/tiny.yaml
 
 
+import os
+
+from snakemake.utils import min_version
+
+# Profiles are read from profiles/<name>/profile.yaml from 9.19 on; older versions would ignore them.
+min_version("9.19")
+
+# Where each conda env's post-deploy script (envs/*.post-deploy.sh) installs this package from.
+os.environ.update(PRISM_WORKFLOW_DIR=workflow.basedir)
+
+
 configfile: "config/config.yaml"
 
 

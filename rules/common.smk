@@ -92,7 +92,8 @@ def ray_launcher(stage) -> str:
         return ""
     per_node = stage.resources.gpus // stage.resources.nodes
     return (
-        f"python -m prism.cluster.ray_cluster --cpus-per-node {stage.resources.cpus_per_task}"
+        f"python -m prism.cluster.ray_cluster --nodes {stage.resources.nodes}"
+        f" --cpus-per-node {stage.resources.cpus_per_task}"
         f" --gpus-per-node {per_node} --"
     )
 

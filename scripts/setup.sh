@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
-# Create .venv with the pinned workflow + tiny-mode environment (idempotent; ~2 GB, a few minutes).
+# Create .venv from envs/workflow.yaml's pins, the way Snakemake deploys that env (its pip list, then
+# envs/workflow.post-deploy.sh), plus the test tools (requirements.txt). Idempotent; ~2 GB, a few minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 . .venv/bin/activate
-if ! python -c "import prism, verl, snakemake" 2>/dev/null; then
-  pip install --quiet --upgrade pip
-  pip install --quiet torch==2.13.0  # the CPU build; install it first so nothing pulls a CUDA build
-  pip install --quiet -r requirements.txt
-  pip install --quiet --no-deps verl==0.9.1
-  pip install --quiet --no-deps -e .
+if ! python -c "import prism, verl, snakemake, snakemake_executor_plugin_slurm_jobstep" 2>/dev/null; then
+  pins=$(mktemp)
+  trap 'rm -f "$pins"' EXIT
+  # CPU substitution: torchvision 0.28's operators need the CUDA build of torch 2.13 and fail to load
+  # with the CPU build; tiny mode builds the image-only processor, which does not need it.
+  python scripts/env_pins.py envs/workflow.yaml --drop torchvision > "$pins"
+  pip install --quiet torch==2.13.0 # the CPU build; install it first so nothing pulls a CUDA build
+  pip install --quiet -r "$pins" -r requirements.txt
+  PRISM_WORKFLOW_DIR="$PWD" bash envs/workflow.post-deploy.sh
 fi

@@ -20,7 +20,12 @@ WORKFLOW_FILES = ("Snakefile", "rules", "config", "profiles", "envs", "prism", "
 TINY = ["--configfile", "config/tiny.yaml"]
 # The test cluster has no slurmdbd, so Snakemake polls squeue instead of the profile's default sacct, and
 # starts 2 s after a submission instead of 40 so that the short tiny jobs are not waiting on the poll.
-TEST_CLUSTER = ["--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2"]
+# Conda channels are unreachable here, so the jobs run in the test venv instead of the profile's conda envs
+# (env-modules deploys nothing: no rule names a module).
+TEST_CLUSTER = [
+    *["--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2"],
+    *["--software-deployment-method", "env-modules"],
+]
 
 
 def load_yaml(name: str) -> dict:

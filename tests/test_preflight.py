@@ -71,3 +71,12 @@ def test_paths_on_one_file_system_must_fit_together(tmp_path):
     )
     paths.disk_gb.work = 0
     assert disk_problems(SimpleNamespace(paths=paths), tmp_path) == []
+
+
+def test_a_slurm_profile_that_deploys_no_software_is_refused(workflow_copy):
+    profile = workflow_copy / "profiles/slurm/profile.yaml"
+    profile.write_text(profile.read_text().replace("software-deployment-method: conda\n", ""))
+    result = preflight(workflow_copy, {"cluster": {"account": "lab", **ROOMY_GPUS}}, HF_TOKEN="hf_x")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "profiles/slurm/profile.yaml submits to Slurm but deploys no software" in result.stderr
+    assert "add `software-deployment-method: conda` to the profile" in result.stderr

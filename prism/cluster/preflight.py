@@ -37,11 +37,37 @@ def read_config(workflow_dir: Path, configfiles: list[str]) -> tuple[dict, list[
     return merged, problems
 
 
-def uses_slurm(profile: str | None) -> bool:
+def profile_settings(profile: str | None) -> dict:
     if not profile:
-        return False
-    settings = yaml.safe_load((Path(profile) / "profile.yaml").read_text()) or {}
-    return settings.get("executor") == "slurm"
+        return {}
+    return yaml.safe_load((Path(profile) / "profile.yaml").read_text()) or {}
+
+
+def uses_slurm(profile: str | None) -> bool:
+    return profile_settings(profile).get("executor") == "slurm"
+
+
+# Snakemake's names for the deployment setting, and the methods that give a job its envs/*.yaml tools.
+DEPLOYMENT_KEYS = ("software-deployment-method", "deployment-method", "deployment", "sdm")
+DEPLOYING_METHODS = {"conda", "apptainer"}
+
+
+def deployment_problems(profile: str) -> list[str]:
+    """A cluster run must deploy each rule's environment: without it Snakemake ignores every `conda:`
+    and the GPU jobs run in the submitting environment, without vllm, deepspeed, llamafactory or
+    lmms_eval, and fail on the compute node after their wait in the queue."""
+    settings = profile_settings(profile)
+    methods = next((settings[key] for key in DEPLOYMENT_KEYS if key in settings), [])
+    methods = {methods} if isinstance(methods, str) else set(methods)
+    if settings.get("use-conda"):
+        methods.add("conda")
+    if methods & DEPLOYING_METHODS:
+        return []
+    return [
+        f"{profile}/profile.yaml submits to Slurm but deploys no software, so every GPU job would run "
+        "without its tools (envs/*.yaml); add `software-deployment-method: conda` to the profile, as "
+        "profiles/slurm has it"
+    ]
 
 
 def cluster_problems(cfg, gpu_rules: set[str]) -> list[str]:
@@ -122,7 +148,7 @@ def preflight(
     jobs = plan_jobs(workflow_dir, configfiles, targets)
     gpu_rules = {job.rule for job in jobs if job.gpus and not job.local}
     if uses_slurm(profile) and gpu_rules:
-        problems += cluster_problems(cfg, gpu_rules)
+        problems += deployment_problems(profile) + cluster_problems(cfg, gpu_rules)
     if jobs:
         problems += disk_problems(cfg, workflow_dir)
     problems += [problem for stage in estimates(cfg, workflow_dir, jobs) for problem in stage.problems]

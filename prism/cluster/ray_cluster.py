@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -31,15 +32,40 @@ class RayClusterError(RuntimeError):
 
 
 def allocation_nodes(environ=os.environ) -> list[str]:
-    """Host names of the job's nodes, the head first. (The verl example's `nodes_array=("$nodes")` makes a
-    one-element array of all names; scontrol expands the compressed list properly.)"""
+    """Host names of the job's nodes, the head first. Inside Snakemake's job step only SLURM_JOB_ID is
+    left of Slurm's variables (the jobstep plugin removes the others), so the node list is asked from
+    Slurm by job id when SLURM_JOB_NODELIST is gone; outside Slurm the cluster is this machine. (The verl
+    example's `nodes_array=("$nodes")` makes a one-element array of all names; scontrol expands the
+    compressed list properly.)"""
     nodelist = environ.get("SLURM_JOB_NODELIST")
+    job = environ.get("SLURM_JOB_ID")
+    if not nodelist and job:
+        nodelist = job_nodelist(job, environ)
     if not nodelist:
         return [socket.gethostname()]
-    hosts = subprocess.run(
-        ["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True, env=environ
-    ).stdout.split()
-    return hosts
+    return scontrol(["show", "hostnames", nodelist], environ).split()
+
+
+def scontrol(args: list[str], environ) -> str:
+    return subprocess.run(["scontrol", *args], capture_output=True, text=True, check=True, env=environ).stdout
+
+
+def job_nodelist(job: str, environ) -> str:
+    """The compressed node list of a running job, from `scontrol show job` (its NodeList= field; the
+    ReqNodeList= and ExcNodeList= fields are what was asked for, not what was given)."""
+    record = scontrol(["show", "job", job], environ)
+    match = re.search(r"(?:^|\s)NodeList=(\S+)", record)
+    if not match or match.group(1) == "(null)":
+        raise RayClusterError(f"Slurm job {job} has no nodes yet: {record.strip()[:300]}")
+    return match.group(1)
+
+
+def check_node_count(nodes: list[str], expected: int) -> None:
+    if len(nodes) != expected:
+        raise RayClusterError(
+            f"the allocation has {len(nodes)} node(s) ({', '.join(nodes)}) but {expected} were expected; "
+            "submit the job with as many nodes as its stage's resources.nodes"
+        )
 
 
 def node_address() -> str:
@@ -69,10 +95,12 @@ def head_command(address: str, port: int, cpus: int, gpus: int, temp_dir: Path) 
 
 
 def worker_command(node: str, head: str, cpus: int, gpus: int) -> list[str]:
-    """A worker on one other node of the allocation, as a Slurm step that lives as long as we let it."""
+    """A worker on one other node of the allocation, as a Slurm step that lives as long as we let it. Its
+    CPUs and GPUs are explicit: in Snakemake's job step no SLURM_* default reaches srun."""
+    gres = [f"--gres=gpu:{gpus}"] if gpus else []
     return [
-        "srun", "--nodes=1", "--ntasks=1", "--overlap", f"--nodelist={node}",
-        RAY, "start", "--address", head, *resource_flags(cpus, gpus),
+        "srun", "--nodes=1", "--ntasks=1", f"--cpus-per-task={cpus}", *gres, "--overlap",
+        f"--nodelist={node}", RAY, "start", "--address", head, *resource_flags(cpus, gpus),
     ]  # fmt: skip
 
 
@@ -132,8 +160,9 @@ def stop(processes: list[subprocess.Popen]) -> None:
             pass
 
 
-def run_on_cluster(command: list[str], cpus: int, gpus: int, timeout: float) -> int:
+def run_on_cluster(command: list[str], nodes_expected: int, cpus: int, gpus: int, timeout: float) -> int:
     nodes = allocation_nodes()
+    check_node_count(nodes, nodes_expected)
     address, port = node_address(), free_port()
     head = f"{address}:{port}"
     job = os.environ.get("SLURM_JOB_ID", str(os.getpid()))
@@ -157,6 +186,7 @@ def run_on_cluster(command: list[str], cpus: int, gpus: int, timeout: float) -> 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m prism.cluster.ray_cluster", description=__doc__)
+    parser.add_argument("--nodes", type=int, default=1, help="nodes the job was given (its resources.nodes)")
     parser.add_argument("--cpus-per-node", type=int, required=True)
     parser.add_argument("--gpus-per-node", type=int, required=True)
     parser.add_argument("--join-timeout", type=float, default=300, help="seconds to wait for all nodes")
@@ -166,7 +196,8 @@ def main(argv: list[str] | None = None) -> None:
     if not command:
         parser.error("no command given after --")
     try:
-        sys.exit(run_on_cluster(command, args.cpus_per_node, args.gpus_per_node, args.join_timeout))
+        code = run_on_cluster(command, args.nodes, args.cpus_per_node, args.gpus_per_node, args.join_timeout)
+        sys.exit(code)
     except RayClusterError as err:
         sys.exit(f"ray_cluster: {err}")
 

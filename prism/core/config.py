@@ -288,6 +288,16 @@ class OnPolicyTraining(Strict):
     verl: VerlSettings
     resources: Resources
 
+    @model_validator(mode="after")
+    def _vision_tower_frozen_only_where_honoured(self):
+        if self.engine == "verl" and self.freeze_vision_tower:
+            raise ValueError(
+                "freeze_vision_tower: true cannot be honoured by verl 0.9.1: its actor declares the"
+                " setting but never reads it, so the vision tower would train anyway; set it false, or use"
+                " engine: cpu"
+            )
+        return self
+
     def stage_slice(self, exclude: frozenset = frozenset()) -> dict:
         """What a job of this stage trains with: not where it runs or comes from, nor the settings of
         an engine it does not use."""
@@ -309,8 +319,9 @@ class Align(OnPolicyTraining):
 
 class DynamicSampling(Strict):
     enable: bool
-    max_num_gen_batches: PositiveInt
     gen_prompts_per_step: PositiveInt
+    # a cap on generation batches per step: the cpu engine's; verl 0.9.1's V1 trainer has none
+    max_num_gen_batches: PositiveInt | None = None
 
 
 class OverlongBuffer(Strict):
@@ -360,6 +371,13 @@ class Rl(OnPolicyTraining):
         ]
         if too_long:
             raise ValueError(f"overlong_buffer.length of {too_long} must be shorter than max_response_length")
+        capped = [n for n, a in self.algorithm.items() if a.dynamic_sampling.max_num_gen_batches is not None]
+        if self.engine == "verl" and capped:
+            raise ValueError(
+                f"algorithm.{capped[0]}.dynamic_sampling.max_num_gen_batches cannot be honoured by verl"
+                " 0.9.1: its V1 trainer refills a step until the batch is full, with no cap"
+                " (gen_prompts_per_step bounds only the prompts in flight); leave it unset with engine: verl"
+            )
         return self
 
 
