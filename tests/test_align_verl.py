@@ -79,6 +79,7 @@ def test_prism_align_config_composes_with_verl_and_carries_the_prism_block(compo
     [
         ("critic.enable", False, ValueError, "critic.enable"),
         ("critic.model.external_lib", None, ValueError, "external_lib"),
+        ("ray_kwargs.ray_init.runtime_env.env_vars.VERL_USE_EXTERNAL_MODULES", "", ValueError, "critic worker"),
         ("trainer.v1.trainer_mode", "separate_async", ValueError, "sync"),
         ("critic.model.path", "TINY", DiscriminatorError, "not a discriminator checkpoint"),
     ],

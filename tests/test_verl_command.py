@@ -6,10 +6,18 @@ import copy
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from prism.core.config import load_config
 from prism.verl import align
-from prism.verl.command import IGNORED_BY_VERL, TrainerJob, align_settings, as_overrides, rl_settings
+from prism.verl.command import (
+    IGNORED_BY_VERL,
+    RAY_ENV,
+    TrainerJob,
+    align_settings,
+    as_overrides,
+    rl_settings,
+)
 from prism.verl.run import compose
 
 JOB = TrainerJob(
@@ -141,11 +149,12 @@ def test_alignment_runs_as_the_authors_script_on_our_trainer(paper_config, tiny_
         and critic.model.path == str(disc_dir)
         and critic.model.external_lib == "prism.verl.models"
     )
-    assert (critic.optim.lr, critic.ppo_max_token_len_per_gpu, critic.fsdp.param_offload) == (
+    assert (critic.optim.lr, critic.ppo_infer_max_token_len_per_gpu, critic.fsdp.param_offload) == (
         1e-6,
         8192,
         True,
     )
+    assert rollout.max_model_len == 2048 + 6144
     assert config.trainer.critic_warmup == 0 and config.trainer.total_training_steps == 500
     assert dict(config.prism) == {
         "alpha": 0.5,
@@ -158,3 +167,107 @@ def test_alignment_runs_as_the_authors_script_on_our_trainer(paper_config, tiny_
     assert not [k for k in used_keys(overrides) if k.startswith(IGNORED_BY_VERL)]
     align.check_config(config)
     validate(config)
+
+
+# The sections verl's workers receive as dataclasses (built with omega_conf_to_dataclass), by key prefix.
+# (The reference's section is renamed by the worker before it becomes one; KL is off in the paper.)
+WORKER_SECTIONS = (
+    "actor_rollout_ref.actor",
+    "actor_rollout_ref.rollout",
+    "actor_rollout_ref.model",
+    "critic",
+    "algorithm",
+)
+
+
+def worker_dataclasses(config) -> dict:
+    from verl.utils.config import omega_conf_to_dataclass
+    from verl.workers.config import HFModelConfig
+
+    built = {
+        section: omega_conf_to_dataclass(OmegaConf.select(config, section))
+        for section in WORKER_SECTIONS
+        if section != "actor_rollout_ref.model" and (section != "critic" or config.critic.enable)
+    }
+    built["actor_rollout_ref.model"] = omega_conf_to_dataclass(
+        config.actor_rollout_ref.model, dataclass_type=HFModelConfig
+    )
+    return built
+
+
+def unread_fields(overrides: list[str], built: dict) -> list[str]:
+    """Override keys in a worker section that name no field of the dataclass verl builds from it."""
+    unread = []
+    for key in used_keys(overrides):
+        section = next((s for s in WORKER_SECTIONS if key.startswith(s + ".")), None)
+        if section is None or section not in built:
+            continue
+        node = built[section]
+        for part in key.removeprefix(section + ".").split("."):
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+            elif hasattr(node, part):
+                node = getattr(node, part)
+            else:
+                unread.append(key)
+                break
+    return unread
+
+
+@pytest.mark.parametrize("algo", PUBLISHED)
+def test_rl_overrides_are_fields_of_what_verls_workers_read(paper_config, tiny_dir, algo):
+    job = TrainerJob(tiny_dir, JOB.data, JOB.checkpoints, JOB.experiment, 1, 8)
+    overrides = as_overrides(rl_settings(load_config(paper_config).rl.job_slice(algo), job))
+    built = worker_dataclasses(compose(overrides))
+    assert not unread_fields(overrides, built)
+    rollout = built["actor_rollout_ref.rollout"]
+    # vLLM's context: a whole prompt and response, not the model's 262144 (verl 0.9.1's default)
+    assert rollout.max_model_len == 2048 + 8192
+
+
+@pytest.mark.filterwarnings("ignore:Failed to create processor")
+def test_alignment_overrides_are_fields_of_what_verls_workers_read(paper_config, tiny_dir, disc_dir):
+    job = TrainerJob(tiny_dir, Path("/data/align"), Path("/work/align/ckpt"), "align-qwen3-vl-4b", 1, 8)
+    overrides = align_overrides(paper_config, job, disc_dir)
+    built = worker_dataclasses(compose(overrides, align.CONFIG_NAME, align.CONFIG_DIR))
+    assert not unread_fields(overrides, built)
+    assert built["actor_rollout_ref.rollout"].max_model_len == 2048 + 6144
+    # the V1 trainer sizes both of the critic engine's budgets from this one field (trainer_base._setup)
+    critic = built["critic"]
+    assert critic.ppo_infer_max_token_len_per_gpu == 8192 and critic.engine.use_dynamic_bsz
+    assert critic.model.external_lib == align.MODELS_MODULE and critic.engine is critic.fsdp
+
+
+def test_the_step_log_path_travels_in_the_ray_jobs_environment(paper_config):
+    """verl's file logger runs in its TaskRunner actor: the path must be in ray_init's runtime_env."""
+    logger = f"{RAY_ENV}VERL_FILE_LOGGER_PATH=/work/rl/steps-001.jsonl"
+    config = compose([*rl_overrides(paper_config, "grpo"), logger])
+    assert config.ray_kwargs.ray_init.runtime_env.env_vars == {
+        "VERL_FILE_LOGGER_PATH": "/work/rl/steps-001.jsonl"
+    }
+
+
+@pytest.mark.parametrize(
+    ("stage", "edit", "match"),
+    [
+        (
+            "align",
+            {"freeze_vision_tower": True},
+            "align: freeze_vision_tower: true cannot be honoured by verl",
+        ),
+        ("rl", {"freeze_vision_tower": True}, "rl: freeze_vision_tower: true cannot be honoured by verl"),
+        ("rl", "cap", "algorithm.dapo.dynamic_sampling.max_num_gen_batches cannot be honoured by verl"),
+    ],
+)
+def test_settings_verl_cannot_honour_are_refused_with_the_reason(paper_config, stage, edit, match):
+    from prism.core.config import ConfigError
+
+    raw = copy.deepcopy(paper_config)
+    if edit == "cap":
+        raw["rl"]["algorithm"]["dapo"]["dynamic_sampling"]["max_num_gen_batches"] = 10
+    else:
+        raw[stage] |= edit
+    with pytest.raises(ConfigError, match=match):
+        load_config(raw)
+    raw[stage]["engine"] = "cpu"  # the CPU engine honours both
+    load_config(raw)

@@ -13,8 +13,9 @@ from prism.verl import run
 from prism.verl.command import rl_settings
 from prism.verl.run import run_verl, trainer_job
 
-# Stands in for verl's trainer: resumes from the tracker, logs each step, saves every 2 steps, and can
-# be made to crash after a given step.
+# Stands in for verl's trainer: resumes from the tracker, logs each step where the override for verl's
+# TaskRunner says, saves every 2 steps, and can be made to crash after a given step. (verl's own
+# TaskRunner writing that log on a Ray cluster: test_verl_ray.py.)
 FAKE_TRAINER = textwrap.dedent(
     """
     import json, os, sys
@@ -24,7 +25,7 @@ FAKE_TRAINER = textwrap.dedent(
     assert args["trainer.resume_mode"] == "auto"
     tracker = ckpt / "latest_checkpointed_iteration.txt"
     start = int(tracker.read_text()) if tracker.exists() else 0
-    with open(os.environ["VERL_FILE_LOGGER_PATH"], "w") as log:
+    with open(args["ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH"], "w") as log:
         for step in range(start + 1, total + 1):
             line = {"step": step, "data": {"critic/score/mean": step / 10, "tag": "x"}}
             log.write(json.dumps(line) + "\\n")

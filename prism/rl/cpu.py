@@ -35,7 +35,8 @@ def sample_groups(policy, processor, rows, cfg, algo, rng):
             for t, r in zip(rollouts.texts, group_rows, strict=True)
         ]
         generated_batches += 1
-        last_try = generated_batches >= dynamic["max_num_gen_batches"]
+        cap = dynamic["max_num_gen_batches"]
+        last_try = cap is not None and generated_batches >= cap
         for g in range(len(picked)):
             members = list(range(g * n, (g + 1) * n))
             if not dynamic["enable"] or last_try or len({scores[i]["acc"] for i in members}) > 1:

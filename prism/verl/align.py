@@ -36,6 +36,13 @@ def check_config(config: DictConfig) -> None:
         raise ValueError(
             f"critic.model.external_lib must include {MODELS_MODULE}, or the head is re-initialised"
         )
+    worker_env = OmegaConf.select(config, "ray_kwargs.ray_init.runtime_env.env_vars", default=None) or {}
+    if MODELS_MODULE not in str(worker_env.get("VERL_USE_EXTERNAL_MODULES", "")).split(","):
+        raise ValueError(
+            "ray_kwargs.ray_init.runtime_env.env_vars.VERL_USE_EXTERNAL_MODULES must include"
+            f" {MODELS_MODULE}: verl imports critic.model.external_lib where it builds the config only,"
+            " and a critic worker without our class loads the discriminator with a random head or not at all"
+        )
     find_head(Path(config.critic.model.path))
 
 

@@ -13,15 +13,25 @@ from pathlib import Path
 
 REWARD_FUNCTION = "pkg://prism.verl.reward"
 # Keys verl 0.9.1 accepts but does not act on: legacy reward keys (main_ppo ignores them), the actor's
-# grad_clip (the FSDP engine reads optim.clip_grad) and the V1 trainer's ignored DAPO knob.
+# grad_clip (the FSDP engine reads optim.clip_grad), the V1 trainer's ignored DAPO knob, the actor's
+# freeze_vision_tower (declared, read nowhere), and the critic's batching keys: the V1 trainer sizes the
+# critic engine's training and inference micro-batches from critic.ppo_infer_max_token_len_per_gpu alone.
 IGNORED_BY_VERL = (
     "custom_reward_function.",
     "reward_model.",
     "actor_rollout_ref.actor.grad_clip",
+    "actor_rollout_ref.actor.freeze_vision_tower",
     "critic.grad_clip",
+    "critic.ppo_max_token_len_per_gpu",
+    "critic.forward_max_token_len_per_gpu",
+    "critic.ppo_micro_batch_size_per_gpu",
+    "critic.use_dynamic_bsz",
     "algorithm.filter_groups.max_num_gen_batches",
     "data.gen_batch_size",
 )
+# Variables every Ray process of a run gets (the TaskRunner actor and each worker): verl forwards only a
+# fixed list of its own, and on a cluster started by `ray start` the driver's environment reaches none.
+RAY_ENV = "+ray_kwargs.ray_init.runtime_env.env_vars."
 
 
 @dataclass(frozen=True)
@@ -78,7 +88,6 @@ def policy_settings(cfg: dict, job: TrainerJob, lr: float, weight_decay: float) 
         "actor_rollout_ref.actor.use_dynamic_bsz": True,
         "actor_rollout_ref.actor.ppo_max_token_len_per_gpu": verl["ppo_max_token_len_per_gpu"],
         "actor_rollout_ref.actor.entropy_coeff": 0,
-        "actor_rollout_ref.actor.freeze_vision_tower": cfg["freeze_vision_tower"],
         "actor_rollout_ref.actor.fsdp_config.param_offload": verl["offload"],
         "actor_rollout_ref.actor.fsdp_config.optimizer_offload": verl["offload"],
         "actor_rollout_ref.rollout.name": "vllm",
@@ -87,6 +96,9 @@ def policy_settings(cfg: dict, job: TrainerJob, lr: float, weight_decay: float) 
         "actor_rollout_ref.rollout.tensor_model_parallel_size": verl["rollout_tensor_parallel"],
         "actor_rollout_ref.rollout.gpu_memory_utilization": verl["rollout_gpu_memory_utilization"],
         "actor_rollout_ref.rollout.max_num_batched_tokens": verl["max_num_batched_tokens"],
+        # unset, verl 0.9.1 gives vLLM the model's whole context (262144 for Qwen3-VL), whose KV cache
+        # for one request does not fit the memory the rollout is given
+        "actor_rollout_ref.rollout.max_model_len": cfg["max_prompt_length"] + cfg["max_response_length"],
         "actor_rollout_ref.rollout.log_prob_use_dynamic_bsz": True,
         "actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu": verl["log_prob_max_token_len_per_gpu"],
         "algorithm.adv_estimator": "grpo",
@@ -203,9 +215,9 @@ def align_settings(cfg: dict, job: TrainerJob, discriminator: Path) -> dict:
         "critic.optim.lr": cfg["disc_lr"],
         "critic.optim.weight_decay": cfg["weight_decay"],
         "critic.optim.clip_grad": cfg["grad_clip"],
-        "critic.ppo_micro_batch_size_per_gpu": 1,
-        "critic.use_dynamic_bsz": True,
-        "critic.ppo_max_token_len_per_gpu": verl["ppo_max_token_len_per_gpu"],
+        # the token budget of the discriminator's scoring and update micro-batches (dynamic batching is
+        # the critic engine's default)
+        "+critic.ppo_infer_max_token_len_per_gpu": verl["ppo_max_token_len_per_gpu"],
         "critic.fsdp.param_offload": verl["offload"],
         "critic.fsdp.optimizer_offload": verl["offload"],
         "trainer.critic_warmup": 0,  # the discriminator was warmed before: the actor trains from step 1

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from prism.core.training import write_curves
-from prism.verl.command import TrainerJob, as_overrides
+from prism.verl.command import RAY_ENV, TrainerJob, as_overrides
 
 # Headline figures copied from verl's step logs into the manifest, when present.
 SUMMARY_METRICS = ("critic/score/mean", "critic/rewards/mean", "response_length/mean", "actor/pg_loss")
@@ -77,12 +77,14 @@ def export_actor(actor: Path, out: Path) -> None:
 
 def train(entry: list[str], overrides: list[str], work: Path) -> int:
     """One attempt, run in the work directory (where Hydra's output folders land) with its own step log:
-    verl's file logger truncates the file it opens."""
+    verl's file logger truncates the file it opens. The logger lives in verl's TaskRunner actor, so its
+    path travels in the Ray job's environment, not the driver's."""
     work.mkdir(parents=True, exist_ok=True)
     attempt = len(list(work.glob("steps-*.jsonl"))) + 1
     log_file = work.resolve() / f"steps-{attempt:03d}.jsonl"
-    env = os.environ | {"VERL_FILE_LOGGER_PATH": str(log_file), "HYDRA_FULL_ERROR": "1"}
-    return subprocess.run([sys.executable, *entry, *overrides], env=env, cwd=work).returncode
+    logger = f"{RAY_ENV}VERL_FILE_LOGGER_PATH={log_file}"
+    env = os.environ | {"HYDRA_FULL_ERROR": "1"}
+    return subprocess.run([sys.executable, *entry, *overrides, logger], env=env, cwd=work).returncode
 
 
 def run_verl(args, stage: str, entry: list[str], settings: dict, config_name: str, config_dir=None) -> None:
