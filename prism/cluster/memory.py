@@ -716,7 +716,7 @@ class Estimator:
             self.workflow_dir / option(launcher, "--deepspeed_config_file"),
             job,
             tokens,
-            bool(getattr(warmup, "gradient_checkpointing", False)),
+            warmup.gradient_checkpointing,
             lm_logits=False,  # a token-classification head: two scores a token, not the vocabulary
             capacity=self.capacity,
             what_to_change="lower discriminator.warmup.batch_size (raise grad_accum to keep the batch) or "
