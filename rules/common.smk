@@ -281,12 +281,14 @@ BENCHMARK_CACHE = f"{INPUTS}/benchmarks/{MANIFEST}"
 
 def evaluation_inputs(wildcards) -> dict:
     """The model, and what its engine reads beside it: the synthetic sets (cpu), or the judge and the
-    benchmarks' data sets fetched for lmms-eval (lmms_eval)."""
+    benchmarks' data sets fetched for lmms-eval (lmms_eval); the judge only for a benchmark that
+    uses one."""
     inputs = {"model": variant_checkpoint(wildcards)}
     if CFG.eval.engine == "cpu":
         inputs["data"] = f"{RESULTS}/data/bench/{MANIFEST}"
     else:
-        inputs["judge"] = base_model(CFG.eval.judge.model)
+        if CFG.eval.needs_judge([wildcards.benchmark]):
+            inputs["judge"] = base_model(CFG.eval.judge.model)
         inputs["benchmarks"] = BENCHMARK_CACHE
     return inputs
 

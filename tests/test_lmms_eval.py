@@ -4,10 +4,10 @@ our task variants loaded under their own names and a real results file parsed in
 
 import json
 import os
-import stat
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +17,7 @@ from conftest import ROOT
 from prism.core.config import load_config
 from prism.core.prompts import SYSTEM_PROMPT
 from prism.eval.fetch import benchmark_environment
-from prism.eval.lmms import chat_template, judge_environment, judge_server, lmms_eval_command
+from prism.eval.lmms import chat_template, judge_environment, lmms_eval_command
 from prism.eval.lmms_tasks import VARIANTS
 from prism.eval.normalise import ResultsError, benchmark_record, normalise
 
@@ -96,9 +96,36 @@ def test_each_task_family_reaches_the_judge_the_way_it_reads_its_variables():
     assert hallusion["OPENAI_API_URL"] == "http://127.0.0.1:8000/v1/chat/completions"
     reasoning = judge_environment("reasoning", 8000)
     assert reasoning["USE_LLM_JUDGE"] == "True" and reasoning["JUDGE_BASE_URL"] == "http://127.0.0.1:8000/v1"
-    for family in ("none", "llm_judge", "openai", "reasoning"):  # our fallback, and a key for import time
+    for family in ("fallback", "llm_judge", "openai", "reasoning"):  # our fallback, and a key for import time
         environment = judge_environment(family, 8000)
         assert environment["PRISM_JUDGE_URL"] == "http://127.0.0.1:8000/v1" and environment["OPENAI_API_KEY"]
+    assert judge_environment("none", 8000) == {}  # no judge: our fallback is off, the rule decides
+
+
+def test_a_judge_that_refused_a_request_stops_the_benchmark(tmp_path):
+    """A 404 or 500 in the judge's access log (vLLM's uvicorn lines) fails the benchmark, naming it."""
+    import subprocess as sp
+
+    from prism.eval.lmms import JudgeServer
+
+    log = tmp_path / "judge.log"
+    log.write_text('INFO:     127.0.0.1:4242 - "GET /health HTTP/1.1" 200 OK\n')
+    server = JudgeServer(sp.Popen([sys.executable, "-c", "import time; time.sleep(30)"]), 1, "judge-x", log)
+    try:
+        with open(log, "a") as sink:
+            sink.write('INFO:     127.0.0.1:4243 - "POST /v1/chat/completions HTTP/1.1" 200 OK\n')
+        server.check("mmmu")  # answered
+        with open(log, "a") as sink:
+            sink.write(
+                'INFO:     127.0.0.1:4244 - "POST /v1/chat/completions/chat/completions HTTP/1.1" 404\n'
+            )
+        with pytest.raises(SystemExit, match=r"mathverse: the judge answered 1 request\(s\) with an error "):
+            server.check("mathverse")
+    finally:
+        server.process.kill()
+        server.process.wait()
+    with pytest.raises(SystemExit, match="the judge exited .* during hallusionbench"):
+        server.check("hallusionbench")
 
 
 def test_a_run_uses_the_paper_sampling_our_tasks_and_the_model_first(paper_eval, tmp_path):
@@ -114,9 +141,11 @@ def test_a_run_uses_the_paper_sampling_our_tasks_and_the_model_first(paper_eval,
     assert command[command.index("--nproc_per_node=7") + 1 : command.index("--model")] == ["-m", "lmms_eval"]
     model_args = command[command.index("--model_args") + 1].split(",")
     assert model_args[0] == "model=/ckpt/prism/q3vl4b"  # lmms-eval names its output folder after the first
-    assert {"data_parallel_size=7", "max_new_tokens=16384", f"chat_template={tmp_path / 't.jinja'}"} <= set(
+    # the model's limit is the task's (lmms-eval takes the larger of the two); the context holds it
+    assert {"data_parallel_size=7", "max_new_tokens=8192", f"chat_template={tmp_path / 't.jinja'}"} <= set(
         model_args
     )
+    assert "max_model_len=24576" in model_args and not any(a.startswith("seed=") for a in model_args)
     assert command[command.index("--gen_kwargs") + 1] == "temperature=1.0,top_p=0.7"
     assert command[command.index("--include_path") + 1] == str(tmp_path / "tasks")
     assert command[command.index("--verbosity") + 1] == "DEBUG"  # else a failed task still exits 0
@@ -133,19 +162,16 @@ def test_the_chat_template_adds_the_format_prompt_only_where_a_task_gives_none(t
     assert SYSTEM_PROMPT not in template.render(messages=own, add_generation_prompt=True)
 
 
+# A judge's OpenAI server as far as readiness reads it: /health, and /v1/models listing the names it serves.
 FAKE_VLLM = textwrap.dedent(
     """\
-    #!{python}
-    import json, os, sys, time
+    import json, sys, time
     from http.server import BaseHTTPRequestHandler, HTTPServer
-    if os.environ.get("FAIL"):
-        sys.exit(3)
-    port = int(sys.argv[sys.argv.index("--port") + 1])
-    names = sys.argv[sys.argv.index("--served-model-name") + 1 :][:4]
+    port, names = int(sys.argv[1]), ["judge", "gpt-4", *sys.argv[2:]]
     time.sleep(1)  # loading the judge
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):
-            models = {{"data": [{{"id": n}} for n in names]}}
+            models = {"data": [{"id": n} for n in names]}
             body = b"" if self.path == "/health" else json.dumps(models).encode()
             self.send_response(200); self.end_headers(); self.wfile.write(body)
     HTTPServer(("127.0.0.1", port), Handler).serve_forever()
@@ -153,31 +179,22 @@ FAKE_VLLM = textwrap.dedent(
 )
 
 
-def test_the_judge_is_checked_healthy_before_use_and_stopped_after(tmp_path, monkeypatch):
+def test_a_judge_of_another_job_on_the_same_port_is_not_taken_for_ours(tmp_path):
+    """Healthy and serving `judge` is not enough: readiness needs the name only our server was given."""
     from prism.cluster.ray_cluster import free_port
+    from prism.eval.lmms import judge_ready
 
-    vllm = tmp_path / "vllm"
-    vllm.write_text(FAKE_VLLM.format(python=sys.executable))
-    vllm.chmod(vllm.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
-    judge = {
-        "port": free_port(),
-        "max_model_len": 32768,
-        "gpu_memory_utilization": 0.9,
-        "startup_timeout_s": 30,
-    }
-    with judge_server(tmp_path / "Qwen2.5-32B", judge, "0", tmp_path / "judge.log", poll_s=0.2):
-        from urllib.request import urlopen
-
-        served = json.load(urlopen(f"http://127.0.0.1:{judge['port']}/v1/models"))["data"]
-        assert {entry["id"] for entry in served} >= {"judge", "gpt-4"}
-    with pytest.raises(OSError):  # stopped with the job
-        urlopen(f"http://127.0.0.1:{judge['port']}/health", timeout=2)
-
-    monkeypatch.setenv("FAIL", "1")
-    with pytest.raises(SystemExit, match="the judge server exited with status 3; see"):
-        with judge_server(tmp_path / "Qwen2.5-32B", judge, "0", tmp_path / "judge.log", poll_s=0.2):
-            pytest.fail("a dead judge must not be used")
+    (tmp_path / "fake_vllm.py").write_text(FAKE_VLLM)
+    port = free_port()
+    other = subprocess.Popen([sys.executable, str(tmp_path / "fake_vllm.py"), str(port), "judge-theirs"])
+    try:
+        deadline = time.time() + 30
+        while not judge_ready(port, "judge-theirs") and time.time() < deadline:
+            time.sleep(0.2)
+        assert judge_ready(port, "judge-theirs") and not judge_ready(port, "judge-ours")
+    finally:
+        other.kill()
+        other.wait()
 
 
 # -------------------------------------------------------------------- in lmms-eval's own environment
@@ -473,15 +490,14 @@ def test_an_evaluation_job_serves_the_judge_runs_each_benchmark_and_resumes(
     judge leaves, each with its family's judge URL, normalised; a failed benchmark is all a rerun redoes."""
     from types import SimpleNamespace
 
-    from prism.cluster.ray_cluster import free_port
     from prism.core.manifest import write_manifest
     from prism.eval import lmms
 
-    vllm = tmp_path / "bin" / "vllm"
-    vllm.parent.mkdir()
-    vllm.write_text(FAKE_VLLM.format(python=sys.executable))
-    vllm.chmod(vllm.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setenv("PATH", f"{vllm.parent}:{os.environ['PATH']}")
+    vllm = tmp_path / "fake_vllm.py"
+    vllm.write_text(FAKE_VLLM)
+    monkeypatch.setattr(
+        lmms, "judge_command", lambda model, judge, port, name: [sys.executable, str(vllm), str(port), name]
+    )
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
     fake = tmp_path / "fake_lmms_eval.py"
     fake.write_text(FAKE_LMMS_EVAL)
@@ -497,7 +513,7 @@ def test_an_evaluation_job_serves_the_judge_runs_each_benchmark_and_resumes(
         ],
     )
     cfg = paper_eval | {"benchmarks": ["mmmu", "hallusionbench", "mmmu_pro"]}
-    cfg["judge"] = cfg["judge"] | {"port": free_port(), "startup_timeout_s": 30}
+    cfg["judge"] = cfg["judge"] | {"startup_timeout_s": 30}
     write_manifest(tmp_path / "judge" / "manifest.json", "judge", [], {})
     args = SimpleNamespace(
         config=cfg, model=tiny_dir, judge=tmp_path / "judge", benchmarks=tmp_path / "benchmarks",
@@ -530,3 +546,13 @@ def test_an_evaluation_job_serves_the_judge_runs_each_benchmark_and_resumes(
     manifest = json.loads((args.out / "manifest.json").read_text())
     assert manifest["metrics"] == {"mmmu": 49.0, "hallusionbench": 61.0, "mmmu_pro": 50.0}
     assert SYSTEM_PROMPT.splitlines()[0] in (args.work / "chat_template.jinja").read_text()
+
+    # a benchmark whose scoring uses no judge: none is started, and the model has every GPU
+    unjudged = paper_eval["scoring"]["mmmu"] | {"judge": "none"}
+    plain = {k: v for k, v in paper_eval.items() if k != "judge"}
+    plain |= {"benchmarks": ["mmmu"], "scoring": {"mmmu": unjudged}}
+    monkeypatch.setattr(lmms, "judge_command", lambda *a: pytest.fail("no benchmark here uses the judge"))
+    alone = dict(vars(args), config=plain, judge=None, work=tmp_path / "w2", out=tmp_path / "o2")
+    lmms.run(SimpleNamespace(**alone))
+    seen = json.loads((tmp_path / "o2" / "mmmu.json").read_text())["lmms_eval"]["seen"]
+    assert seen["CUDA_VISIBLE_DEVICES"] == "0,1,2,3" and seen["PRISM_JUDGE_URL"] is None

@@ -22,7 +22,8 @@ PAPER_JOBS = {
     "warmup_discriminator": 1,
     "align": 2,
     "rl": 12,
-    "evaluate": 18,
+    "evaluate_benchmark": 18 * 7,  # one job per variant and benchmark
+    "evaluate": 18,  # each variant's records side by side, locally
     "tables": 1,
 }
 
@@ -57,12 +58,13 @@ def test_every_ablation_row_adds_its_own_chain_to_the_paper_plan(workflow_copy):
         "warmup_text_only_discriminator": 1,
         "align_ablation": 4,  # no_alignment reuses the main sft-grpo run
         "rl_ablation": 4,
+        "evaluate_benchmark": 4 * 7,
         "evaluate": 4,
     }
     assert all(j.local for j in jobs if j.rule == "prepare_sft_subset")
     subset = next(j for j in jobs if j.rule == "prepare_sft_subset")
     assert subset.wildcards == {"dataset": "sft"}
-    assert summarize(jobs).splitlines()[-1].split() == ["total", "66", "13793.0"]
+    assert summarize(jobs).splitlines()[-1].split() == ["total", "220", "14936.0"]
 
 
 def test_tiny_plan_runs_the_same_stages_on_synthetic_inputs():
@@ -109,6 +111,7 @@ def test_reduced_config_and_released_checkpoints_shrink_the_plan(workflow_copy):
         "fetch_benchmarks": 1,
         "align": 1,
         "rl": 1,
+        "evaluate_benchmark": 3 * 2,
         "evaluate": 3,
         "tables": 1,
     }
@@ -133,10 +136,12 @@ def test_released_config_plans_only_downloads_evaluations_and_tables():
         "fetch_model": 2,  # the base model and the judge
         "fetch_released": 5,
         "fetch_benchmarks": 1,
+        "evaluate_benchmark": 6 * 7,
         "evaluate": 6,
         "tables": 1,
     }
-    assert summarize(jobs).splitlines()[-1].split() == ["total", "15", "384.0"]  # 6 x 8 GPUs x 8 h
+    # 6 variants x 8 GPUs x the 7 benchmarks' 14.5 h
+    assert summarize(jobs).splitlines()[-1].split() == ["total", "57", "696.0"]
 
 
 def sbatch_flags(workflow_dir, configfiles=()) -> dict[str, list[str]]:

@@ -572,7 +572,7 @@ def evaluation_stage(
         "bound the policy's max_model_len or raise eval.lmms_eval.gpu_memory_utilization",
     )
     if judge is not None:
-        serve = judge_command(Path("judge"), cfg["judge"])
+        serve = judge_command(Path("judge"), cfg["judge"], 0, "judge")
         judge_vllm = vllm_memory(
             judge,
             capacity,
@@ -728,11 +728,14 @@ class Estimator:
         if self.cfg.eval.engine != "lmms_eval":
             return None
         name = self._policy_model(job)
-        cfg = self.cfg.eval.stage_slice()
+        benchmark = job.wildcards.get("benchmark")
+        cfg = self.cfg.eval.stage_slice([benchmark] if benchmark else None)
         judge = self.arch(self.cfg.eval.judge.model) if needs_judge(cfg) else None
         stage = StageMemory(job.rule, name, 0.0)
         evaluation_stage(stage, cfg, self.arch(name), judge, self.capacity)
         return stage
+
+    _evaluate_benchmark = _evaluate
 
 
 def estimates(cfg, workflow_dir: Path, jobs) -> list[StageMemory]:

@@ -30,6 +30,7 @@ STAGE_ORDER = [
     "align_ablation",
     "rl",
     "rl_ablation",
+    "evaluate_benchmark",
     "evaluate",
     "tables",
     "all",

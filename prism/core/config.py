@@ -388,16 +388,17 @@ class Scoring(Strict):
     tasks: Annotated[list[str], Field(min_length=1)]
     metric: str
     scale: Literal[1, 100]  # 100 turns a 0-1 fraction into the tables' percent
-    judge: Literal["none", "llm_judge", "openai", "reasoning"] = "none"
+    # none: no judge (not started); fallback: only our variants' judge fallback; else the family's variables
+    judge: Literal["none", "fallback", "llm_judge", "openai", "reasoning"] = "none"
 
 
 class Judge(Strict):
     """The LLM judge: a vLLM OpenAI server on the evaluation job's first GPU, checked healthy before use."""
 
     model: str
-    port: PositiveInt
     max_model_len: PositiveInt
     gpu_memory_utilization: Annotated[float, Field(gt=0, lt=1)]
+    enforce_eager: bool  # no CUDA graphs: their memory goes to the KV cache
     startup_timeout_s: PositiveInt
 
 
@@ -407,14 +408,14 @@ class LmmsEvalSettings(Strict):
     tensor_parallel: PositiveInt
     gpu_memory_utilization: Annotated[float, Field(gt=0, lt=1)]
     batch_size: PositiveInt
-    max_pixels: PositiveInt
+    prompt_tokens: PositiveInt  # room for the prompt, images included, beside a task's longest answer
 
 
 class Eval(Strict):
     engine: Literal["lmms_eval", "cpu"]
     temperature: Annotated[float, Field(ge=0)]
     top_p: Annotated[float, Field(gt=0, le=1)]
-    max_new_tokens: PositiveInt
+    max_new_tokens: PositiveInt | None = None  # the cpu engine's; lmms-eval runs each task's own limit
     seed: int = 1
     variants: list[str]
     benchmarks: Annotated[list[Benchmark], Field(min_length=1)]
@@ -423,6 +424,8 @@ class Eval(Strict):
     lmms_eval: LmmsEvalSettings | None = None
     synthetic: Synthetic | None = None  # the CPU engine's held-out sets; lmms-eval brings its own
     resources: Resources
+    # a benchmark's evaluation job asks for these hours instead of resources.hours (lmms_eval engine)
+    benchmark_hours: dict[Benchmark, PositiveFloat] = {}
 
     @model_validator(mode="after")
     def _engine_needs(self):
@@ -432,6 +435,8 @@ class Eval(Strict):
         if self.engine == "cpu":
             if self.synthetic is None:
                 raise ValueError("engine 'cpu' evaluates on synthetic sets: add eval.synthetic")
+            if self.max_new_tokens is None:
+                raise ValueError("engine 'cpu' generates up to eval.max_new_tokens: add it")
             several = [b for b in self.benchmarks if len(self.scoring[b].tasks) != 1]
             if several:
                 raise ValueError(f"engine 'cpu' scores one task per benchmark; {several} list several")
@@ -441,10 +446,28 @@ class Eval(Strict):
             raise ValueError("engine 'lmms_eval' runs on one node with at least 2 GPUs (one for the judge)")
         return self
 
-    def stage_slice(self) -> dict:
-        """What an evaluation job measures with: not the variants, sets or resources of the whole plan."""
+    def benchmark_resources(self, benchmark: str) -> Resources:
+        hours = self.benchmark_hours.get(benchmark, self.resources.hours)
+        return self.resources.model_copy(update={"hours": hours})
+
+    def needs_judge(self, benchmarks: list[str] | None = None) -> bool:
+        """Whether the lmms_eval engine serves the judge for any of `benchmarks` (all configured: None)."""
+        benchmarks = self.benchmarks if benchmarks is None else benchmarks
+        return self.engine == "lmms_eval" and any(self.scoring[b].judge != "none" for b in benchmarks)
+
+    def stage_slice(self, benchmarks: list[str] | None = None) -> dict:
+        """What an evaluation job of `benchmarks` (all configured: None) measures with: their scoring only,
+        the judge only where they use it; not the variants, sets or resources of the whole plan."""
+        benchmarks = self.benchmarks if benchmarks is None else benchmarks
         unused = {"judge", "lmms_eval"} if self.engine == "cpu" else {"synthetic"}
-        return self.model_dump(exclude={"resources", "variants", *unused})
+        if not self.needs_judge(benchmarks):
+            unused.add("judge")
+        plan = {"resources", "benchmark_hours", "variants", "scoring", "benchmarks"}
+        sliced = self.model_dump(exclude={*plan, *unused})
+        return sliced | {
+            "benchmarks": benchmarks,
+            "scoring": {b: self.scoring[b].model_dump() for b in benchmarks},
+        }
 
 
 # An ablation setting -> its rows: (label in paper_ablations.csv, the evaluation variant that measures it),
@@ -523,7 +546,7 @@ class Config(Strict):
             problems.append(
                 f"discriminator.model: {self.discriminator.model!r} is not in models {sorted(self.models)}"
             )
-        if self.eval.engine == "lmms_eval" and self.eval.judge.model not in self.models:
+        if self.eval.needs_judge() and self.eval.judge.model not in self.models:
             judge = self.eval.judge.model
             problems.append(f"eval.judge.model: {judge!r} is not in models {sorted(self.models)}")
         names = [p.name for p in self.policies]

@@ -46,6 +46,7 @@ class Variant:
     scorer: str | Callable[[dict, list], dict] | None = None
     verdict: Callable[[dict, dict], bool] | None = None
     accept: Callable[[dict, dict], dict] | None = None
+    prompt: bool = False  # our `<task>_doc_to_text` replaces the built-in prompt
 
 
 def _mathvision_score(doc: dict, results: list) -> dict:
@@ -59,6 +60,82 @@ def _mathvision_score(doc: dict, results: list) -> dict:
     value = str(options[ord(truth) - ord("A")]) if letter else ""
     scores = [bool(judge(str(r), truth) or (value and judge(str(r), value))) for r in results]
     return {"mathvision_standard_eval": {"response": results, "scores": scores}}
+
+
+# PRISM's MathVision prompt asks for the answer in the tags its scoring reads, not lmms-eval's \boxed{}.
+BOXED_INSTRUCTION = 'Please solve the problem step by step and put your answer in one "\\boxed{}".'
+TAGS_INSTRUCTION = (
+    "Please solve the problem step by step and put your final answer in <answer></answer> tags."
+)
+
+
+def prism_mathvision_testmini_doc_to_text(doc: dict, lmms_eval_specific_kwargs=None) -> str:
+    text = builtin("mathvision.utils:mathvision_doc_to_text")(doc, lmms_eval_specific_kwargs)
+    if BOXED_INSTRUCTION not in text:
+        raise RuntimeError(
+            f"lmms-eval's MathVision prompt no longer holds {BOXED_INSTRUCTION!r}: {text[:200]!r}"
+        )
+    return text.replace(BOXED_INSTRUCTION, TAGS_INSTRUCTION, 1)
+
+
+def _mathvista_score(doc: dict, results: list) -> dict:
+    """MathVista's built-in scoring with PRISM's quick_extract: true (the built-in reads false from its own
+    mathvista.yaml): the `The answer is "..."` regex before the judge's extraction."""
+    from lmms_eval.tasks.mathvista import utils
+
+    evaluator, prediction = utils.mathvista_evaluator, str(results[0]).strip()
+    problem = {
+        "question_type": doc["question_type"],
+        "answer_type": doc["answer_type"],
+        "query": doc["query"],
+        "choices": doc["choices"],
+        "answer": doc.get("answer"),
+        "precision": doc.get("precision", 0),
+    }
+    extraction = evaluator.extract_answer(prediction, problem, True)
+    normalised = evaluator.normalize_extracted_answer(
+        extraction, problem["choices"], problem["question_type"], problem["answer_type"], problem["precision"]
+    )
+    correct = evaluator.safe_equal(normalised, problem["answer"]) if problem["answer"] is not None else False
+    result = {
+        "question_id": doc["pid"],
+        "query": doc["query"],
+        "choices": doc["choices"],
+        "answer": problem["answer"],
+        "extraction": extraction,
+        "prediction": normalised,
+        "true_false": correct,
+        "question_type": doc["question_type"],
+        "answer_type": doc["answer_type"],
+        "precision": problem["precision"],
+        "metadata": doc["metadata"],
+    }
+    return {"llm_as_judge_eval": result, "submission": result}
+
+
+def _mathverse_score(doc: dict, results: list) -> dict:
+    """MathVerse's built-in scoring (its judge's binary verdict), where a judge that fails stops the run:
+    the built-in counts the sample wrong and goes on."""
+    from lmms_eval.tasks.mathverse import utils
+
+    prediction, answer = str(results[0]).strip(), doc.get("answer")
+    verdict = 0
+    if answer is not None:
+        server = utils.mathverse_evaluator.server
+        judged = server.evaluate_binary(
+            question=doc["question_for_eval"], answer=str(answer), prediction=prediction, output_format="0/1"
+        )
+        if not judged["success"]:
+            raise RuntimeError(f"MathVerse's judge failed: {judged.get('raw_response')!r}")
+        verdict = 1 if judged["result"] else 0
+    keys = ("sample_index", "problem_index", "problem_version", "question", "question_type", "metadata")
+    keys += ("query_wo", "query_cot", "question_for_eval")
+    submission = {key: doc[key] for key in keys} | {
+        "answer": answer,
+        "prediction": prediction,
+        "true_false": verdict == 1,
+    }
+    return {"gpt_eval_score": verdict, "submission": submission}
 
 
 def _mathvision_verdict(doc: dict, scored: dict) -> bool:
@@ -112,12 +189,12 @@ VARIANTS: dict[str, Variant] = {
     "prism_mathvista_testmini_cot": Variant(
         "mathvista/mathvista_testmini_cot.yaml",
         16384,
-        "mathvista.utils:mathvista_process_results",
+        _mathvista_score,
         _mathvista_verdict,
         _mathvista_accept,
     ),
     "prism_mathverse_testmini": Variant(  # its scoring is a judge already
-        "mathverse/mathverse_testmini.yaml", 16384, "mathverse.utils:mathverse_process_results"
+        "mathverse/mathverse_testmini.yaml", 16384, _mathverse_score
     ),
     "prism_mathvision_testmini": Variant(
         "mathvision/mathvision_testmini.yaml",
@@ -125,6 +202,7 @@ VARIANTS: dict[str, Variant] = {
         _mathvision_score,
         _mathvision_verdict,
         _mathvision_accept,
+        prompt=True,
     ),
     "prism_wemath_testmini_reasoning": Variant(  # reads <answer>; its judge is USE_LLM_JUDGE
         "wemath/reasoning/wemath_testmini_thinking.yaml", 49152
@@ -242,6 +320,8 @@ def variant_config(task: str, builtin_tasks: Path, extra: dict | None = None) ->
     }
     if variant.scorer:
         config["process_results"] = Function(f"prism.eval.lmms_tasks.{task}_process_results")
+    if variant.prompt:
+        config["doc_to_text"] = Function(f"prism.eval.lmms_tasks.{task}_doc_to_text")
     return config | (extra or {})
 
 
