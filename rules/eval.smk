@@ -86,6 +86,7 @@ if CFG.eval.engine == "lmms_eval":
             "../envs/workflow.yaml"
         params:
             benchmarks=lambda wc, input: " ".join(str(Path(m).parent) for m in input),
+            code=code("eval.collect"),
         shell:
             "python -m prism.eval.collect --benchmarks {params.benchmarks}"
             " --out $(dirname {output.manifest}) > {log} 2>&1"
