@@ -9,4 +9,5 @@ ruff check prism tests benchmarks
 ruff format --check prism tests benchmarks
 snakefmt --check Snakefile rules
 snakemake --lint
+python scripts/check_envs.py # every envs/*.yaml resolves as Snakemake + conda would install it
 pytest -q "$@"
