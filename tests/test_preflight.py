@@ -34,7 +34,8 @@ def test_every_problem_is_listed_at_once(workflow_copy):
     assert "Traceback" not in result.stderr
     assert "4 problem(s)" in result.stderr
     for expected in (
-        "cluster.partition is empty but the Slurm profile submits GPU jobs (align, evaluate, rl, sft,",
+        "cluster.partition is empty but the Slurm profile submits GPU jobs (align, evaluate_benchmark, rl, "
+        "sft,",
         "cluster.account is empty",
         "paths.disk_gb.work (1e+09)",
         "gated repos ['prism-vlm/qwen3_vl_moe_warmup_pairwise_120k'] and the benchmarks (lmms-eval's tasks "

@@ -594,10 +594,6 @@ def evaluation_stage(
     _gpu_check(stage, capacity, "lower the vLLM gpu_memory_utilization settings below 1")
 
 
-def needs_judge(cfg: dict) -> bool:
-    return any(cfg["scoring"][b].get("judge", "none") != "none" for b in cfg["benchmarks"])
-
-
 # -- the plan's jobs --------------------------------------------------------------------------------------
 
 # Sequences one warmup pair renders: its teacher and its student (prism.discriminator.pairs.sequences).
@@ -730,8 +726,10 @@ class Estimator:
         name = self._policy_model(job)
         benchmark = job.wildcards.get("benchmark")
         cfg = self.cfg.eval.stage_slice([benchmark] if benchmark else None)
-        judge = self.arch(self.cfg.eval.judge.model) if needs_judge(cfg) else None
-        stage = StageMemory(job.rule, name, 0.0)
+        # the rules' own test of whether the job serves a judge
+        judge_served = self.cfg.eval.needs_judge([benchmark] if benchmark else None)
+        judge = self.arch(self.cfg.eval.judge.model) if judge_served else None
+        stage = StageMemory(job.rule, f"{name} {benchmark}" if benchmark else name, 0.0)
         evaluation_stage(stage, cfg, self.arch(name), judge, self.capacity)
         return stage
 
