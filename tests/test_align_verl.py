@@ -74,12 +74,20 @@ def test_prism_align_config_composes_with_verl_and_carries_the_prism_block(compo
     align.check_config(composed)
 
 
+WORKER_ENV = "ray_kwargs.ray_init.runtime_env.env_vars"
+
+
 @pytest.mark.parametrize(
     ("key", "value", "error", "match"),
     [
         ("critic.enable", False, ValueError, "critic.enable"),
         ("critic.model.external_lib", None, ValueError, "external_lib"),
-        ("ray_kwargs.ray_init.runtime_env.env_vars.VERL_USE_EXTERNAL_MODULES", "", ValueError, "critic worker"),
+        (
+            "ray_kwargs.ray_init.runtime_env.env_vars.VERL_USE_EXTERNAL_MODULES",
+            "",
+            ValueError,
+            "critic worker",
+        ),
         ("trainer.v1.trainer_mode", "separate_async", ValueError, "sync"),
         ("critic.model.path", "TINY", DiscriminatorError, "not a discriminator checkpoint"),
     ],
@@ -183,6 +191,27 @@ def test_per_sample_recovers_token_rows_and_mrope_position_rows():
         [5, 6],
         [7, 8, 9],
     ]
+
+
+def test_per_sample_survives_the_round_trip_of_a_consolidated_pickled_batch():
+    """How a batch crosses a process boundary (TensorDict consolidate + pickle): the ragged dim of 3-D
+    position ids loses its index, and padding through it mixes rows of different samples."""
+    import pickle
+
+    positions = [torch.arange(12).reshape(4, 3), torch.arange(100, 120).reshape(4, 5)]
+    tokens = [torch.tensor([5, 6, 7]), torch.tensor([1, 2, 3, 4, 5])]
+    batch = tu.get_tensordict(
+        {
+            "position_ids": torch.nested.as_nested_tensor(positions, layout=torch.jagged),
+            "input_ids": torch.nested.as_nested_tensor(tokens, layout=torch.jagged),
+        }
+    )
+    received = pickle.loads(pickle.dumps(batch.consolidate()))
+    assert received["position_ids"]._ragged_idx != batch["position_ids"]._ragged_idx  # what goes wrong
+    assert all(
+        torch.equal(a, b) for a, b in zip(per_sample(received["position_ids"]), positions, strict=True)
+    )
+    assert [t.tolist() for t in per_sample(received["input_ids"])] == [t.tolist() for t in tokens]
 
 
 def test_response_fields_put_scores_on_every_or_the_last_response_token():
@@ -323,3 +352,77 @@ def test_a_headless_or_foreign_headed_checkpoint_is_refused(tiny_dir, disc_dir, 
     save_file({"v_head.1.weight": torch.zeros(1, 32)}, tmp_path / "value_head.safetensors")
     with pytest.raises(DiscriminatorError, match="belongs to another model"):
         load_as_verl_does(tmp_path)
+
+
+def test_discriminator_rows_are_spread_over_ranks_by_length():
+    """Captions (short) come first, then reasonings (long): verl's contiguous split would give the first
+    ranks only captions. The balanced order gives each rank about the same tokens."""
+    from prism.verl.align_batch import balanced_order
+
+    lengths = [300 + i for i in range(16)] + [3000 + 7 * i for i in range(16)]
+    dp_size = 4
+    order = balanced_order(lengths, dp_size)
+    assert sorted(order) == list(range(len(lengths)))
+    per_rank = len(lengths) // dp_size
+
+    def rank_tokens(rows):
+        return [sum(lengths[i] for i in rows[r * per_rank : (r + 1) * per_rank]) for r in range(dp_size)]
+
+    contiguous, balanced = rank_tokens(list(range(len(lengths)))), rank_tokens(order)
+    assert max(contiguous) > 5 * min(contiguous)
+    assert max(balanced) - min(balanced) <= max(lengths)
+
+
+class InMemoryTransferQueue:
+    """TransferQueue's key-value calls (their signatures and its KVBatchMeta), kept in this process:
+    its storage actors do not start on this CPU."""
+
+    def __init__(self):
+        self.store = {}
+
+    def kv_batch_put(self, keys, partition_id, fields=None, tags=None, data_parser=None):
+        from transfer_queue import KVBatchMeta
+
+        for i, key in enumerate(keys):
+            self.store[(partition_id, key)] = tu.index_select_tensor_dict(fields, torch.tensor([i]))
+        tags = list(tags) if tags is not None else [{} for _ in keys]
+        return KVBatchMeta(keys=list(keys), tags=tags, partition_id=partition_id)
+
+    def kv_batch_get(self, keys, partition_id, select_fields=None):
+        rows = [self.store[(partition_id, key)] for key in keys]
+        return tu.concat_tensordict([row.select(*select_fields) for row in rows])
+
+    def kv_clear(self, keys, partition_id):
+        for key in keys:
+            del self.store[(partition_id, key)]
+
+
+def test_the_trainer_reads_each_rows_score_back_whatever_order_it_sent_them_in(monkeypatch):
+    """PrismAlignTrainer's discriminator scoring: rows put in a length-balanced order, scored by the
+    critic workers (here: a worker group that scores each row by its last token id), read back in the
+    order they were given."""
+    from types import SimpleNamespace
+
+    from prism.verl import align_trainer
+
+    queue, sent = InMemoryTransferQueue(), []
+    monkeypatch.setattr(align_trainer, "tq", queue)
+
+    def infer_batch(meta):
+        batch = queue.kv_batch_get(meta.keys, meta.partition_id, ["input_ids"])
+        sent.extend(int(row[-1]) for row in per_sample(batch["input_ids"]))
+        values = torch.nested.as_nested_tensor(
+            [row.float() for row in per_sample(batch["input_ids"])], layout=torch.jagged
+        )
+        queue.kv_batch_put(meta.keys, meta.partition_id, tu.get_tensordict({"values": values}))
+        return SimpleNamespace(futures=[])
+
+    trainer = align_trainer.PrismAlignTrainer.__new__(align_trainer.PrismAlignTrainer)
+    trainer.critic_wg = SimpleNamespace(_dispatch_info={"train": [0, 1, 2, 0, 1, 2]}, infer_batch=infer_batch)
+    monkeypatch.setattr(align_trainer.ray, "get", lambda futures: None)
+    lengths = [2, 3, 2, 40, 38, 41, 3]  # short captions, long reasonings
+    rows = [segment_row(torch.arange(n), torch.arange(n), [100 + i], {}) for i, n in enumerate(lengths)]
+    scores = trainer._discriminator_scores(rows)
+    assert scores.tolist() == [100.0 + i for i in range(len(rows))]
+    assert sent != sorted(sent) and len(sent) == 9  # balanced over 3 ranks, padded to a multiple of 3
+    assert not queue.store  # the partition is cleared after reading

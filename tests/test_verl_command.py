@@ -12,7 +12,6 @@ from prism.core.config import load_config
 from prism.verl import align
 from prism.verl.command import (
     IGNORED_BY_VERL,
-    RAY_ENV,
     TrainerJob,
     align_settings,
     as_overrides,
@@ -236,15 +235,6 @@ def test_alignment_overrides_are_fields_of_what_verls_workers_read(paper_config,
     critic = built["critic"]
     assert critic.ppo_infer_max_token_len_per_gpu == 8192 and critic.engine.use_dynamic_bsz
     assert critic.model.external_lib == align.MODELS_MODULE and critic.engine is critic.fsdp
-
-
-def test_the_step_log_path_travels_in_the_ray_jobs_environment(paper_config):
-    """verl's file logger runs in its TaskRunner actor: the path must be in ray_init's runtime_env."""
-    logger = f"{RAY_ENV}VERL_FILE_LOGGER_PATH=/work/rl/steps-001.jsonl"
-    config = compose([*rl_overrides(paper_config, "grpo"), logger])
-    assert config.ray_kwargs.ray_init.runtime_env.env_vars == {
-        "VERL_FILE_LOGGER_PATH": "/work/rl/steps-001.jsonl"
-    }
 
 
 @pytest.mark.parametrize(

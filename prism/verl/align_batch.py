@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from tensordict import TensorDict
 from verl.utils import tensordict_utils as tu
+from verl.utils.seqlen_balancing import get_seqlen_balanced_partitions
 
 from prism.core.advantages import prism_advantage
 from prism.core.losses import alignment_discriminator_loss
@@ -35,10 +36,11 @@ def assistant_turn_end_ids(template_owner, tokenizer) -> list[int]:
 
 def per_sample(values: torch.Tensor) -> list[torch.Tensor]:
     """The rows of a jagged tensor whose ragged dim is the last one: (B, j) token fields, and (B, 4, j)
-    M-RoPE position ids (padding first, because unbind of 3-D jagged tensors fails on some torch versions)."""
-    lengths = values.offsets().diff().tolist()
-    padded = values.to_padded_tensor(0)
-    return [row[..., :length] for row, length in zip(padded, lengths, strict=True)]
+    M-RoPE position ids, cut from the packed values by the offsets. (Padding would go through the
+    ragged dim's index, which a consolidated and pickled TensorDict gets wrong for (B, 4, j): rows mix.)"""
+    offsets = values.offsets().tolist()
+    packed = values.values()
+    return [packed[..., start:end] for start, end in zip(offsets[:-1], offsets[1:], strict=True)]
 
 
 def last_token_values(values: torch.Tensor) -> torch.Tensor:
@@ -107,6 +109,14 @@ def discriminator_tensordict(rows: list[dict], coefficients: torch.Tensor, dp_si
             COEFFICIENT_KEY: jagged(coefficients.unsqueeze(-1)),
         }
     )
+
+
+def balanced_order(lengths: list[int], dp_size: int) -> list[int]:
+    """An order of the rows whose `dp_size` contiguous equal chunks (how verl splits a batch over its
+    data-parallel ranks) hold about equal token counts: the rows come as all captions, then all
+    reasonings, so contiguous chunks would give some ranks only short rows and others only long ones."""
+    partitions = get_seqlen_balanced_partitions(lengths, k_partitions=dp_size, equal_size=True)
+    return [row for partition in partitions for row in sorted(partition)]
 
 
 def surrogate_coefficients(

@@ -22,12 +22,14 @@ import torch
 import transfer_queue as tq
 from tensordict import TensorDict
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+from verl.utils import tensordict_utils as tu
 from verl.utils.metric import reduce_metrics
 
 from prism.core.segments import parse_response
 from prism.discriminator.model import VISION_SPAN, sees_images
 from prism.verl.align_batch import (
     assistant_turn_end_ids,
+    balanced_order,
     discriminator_metrics,
     discriminator_prompt,
     discriminator_reward,
@@ -256,26 +258,34 @@ class PrismAlignTrainer(PPOTrainerSync):
         return max(workers._dispatch_info["train"]) + 1
 
     def _put_rows(self, rows: list[dict], coefficients: torch.Tensor):
-        fields = discriminator_tensordict(rows, coefficients, self._critic_dp_size())
+        """The rows (each with its coefficient) in a length-balanced order; returns the batch's metadata
+        and the order (position in the batch -> row, padding rows last)."""
+        dp_size = self._critic_dp_size()
+        fields = discriminator_tensordict(rows, coefficients, dp_size)
+        order = balanced_order(fields["input_ids"].offsets().diff().tolist(), dp_size)
+        fields = tu.index_select_tensor_dict(fields, torch.tensor(order))
         prefix = uuid.uuid4().hex
         keys = [f"{prefix}_{i}" for i in range(len(fields))]
-        return tq.kv_batch_put(keys=keys, partition_id=PARTITION, fields=fields, tags=[{} for _ in keys])
+        meta = tq.kv_batch_put(keys=keys, partition_id=PARTITION, fields=fields, tags=[{} for _ in keys])
+        return meta, torch.tensor(order)
 
     def _discriminator_scores(self, rows: list[dict]) -> torch.Tensor:
         """(len(rows),) raw last-token scores of the current discriminator, in eval mode."""
-        meta = self._put_rows(rows, torch.zeros(len(rows)))
+        meta, order = self._put_rows(rows, torch.zeros(len(rows)))
         meta.extra_info.update(compute_loss=False, temperature=1.0)
         try:
             # the workers write `values` (one per token of each sequence) back into TransferQueue
             ray.get(self.critic_wg.infer_batch(meta).futures)
             values = tq.kv_batch_get(keys=meta.keys, partition_id=PARTITION, select_fields=["values"])
-            return last_token_values(values["values"]).float().cpu()[: len(rows)]
+            scores = torch.empty(len(order))
+            scores[order] = last_token_values(values["values"]).float().cpu()
+            return scores[: len(rows)]
         finally:
             tq.kv_clear(keys=meta.keys, partition_id=PARTITION)
 
     def _discriminator_step(self, rows: list[dict], coefficients: torch.Tensor) -> TensorDict:
         """One optimizer step on sum(coefficients * score): all rows form one mini-batch, one epoch."""
-        meta = self._put_rows(rows, coefficients)
+        meta, _ = self._put_rows(rows, coefficients)  # the coefficients travel with their rows
         meta.extra_info.update(mini_batch_size=len(meta), epochs=1, temperature=1.0)
         try:
             return self.critic_wg.train_mini_batch(meta).get()
