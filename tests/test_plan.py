@@ -209,7 +209,7 @@ def test_gpu_rule_requests_eight_h100_with_explicit_memory_time_and_cpus(workflo
         "--cpus-per-task=64",
         "--gpus=h100:8",
     ]
-    assert flags["upcycle"][-1] == "--gpus=h100:1"
+    assert not any(flag.startswith("--gpus") for flag in flags["upcycle"])  # a CPU job
 
 
 def test_multi_node_rule_gets_nodes_per_node_gres_and_one_task_per_node(workflow_copy):
@@ -258,7 +258,8 @@ def test_warmup_runs_one_process_in_tiny_mode_and_accelerate_with_zero2_on_the_c
     paper = launcher([])
     assert paper == (
         "accelerate launch --num_processes 8 --num_machines 1 --mixed_precision bf16 --use_deepspeed "
-        "--deepspeed_config_file prism/discriminator/ds_zero2.json --gradient_accumulation_steps 4"
+        f"--deepspeed_config_file {ROOT / 'prism/discriminator/ds_zero2.json'} "
+        "--gradient_accumulation_steps 4"
     )
     zero = json.loads((ROOT / "prism/discriminator/ds_zero2.json").read_text())
     assert zero["zero_optimization"]["stage"] == 2 and zero["gradient_clipping"] == 1.0
