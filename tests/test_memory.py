@@ -181,7 +181,7 @@ def test_tiny_plan_estimates_nothing_on_the_cpu_engines():
 
     configfiles = [str(ROOT / "config/tiny.yaml")]
     cfg = load_config(read_config(ROOT, configfiles)[0])
-    jobs = plan_jobs(ROOT, configfiles, ["results/tables/main.csv"], forceall=True)
+    jobs = plan_jobs(ROOT, configfiles, ["all"], forceall=True)
     assert any(job.gpus for job in jobs) and estimates(cfg, ROOT, jobs) == []
 
 
