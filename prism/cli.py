@@ -13,6 +13,16 @@ from pathlib import Path
 WORKFLOW_DIR = Path(__file__).resolve().parent.parent
 
 
+def main_table(args) -> list[str]:
+    """The targets given, or the main table under the config's results path (tiny: tiny/results)."""
+    if args.targets:
+        return args.targets
+    from prism.cluster.preflight import read_config
+
+    results = read_config(Path(args.directory), args.configfile)[0].get("paths", {}).get("results", "results")
+    return [f"{results}/tables/main.csv"]
+
+
 def plan(args) -> None:
     from snakemake.exceptions import WorkflowError
 
@@ -24,7 +34,7 @@ def plan(args) -> None:
     try:
         # a calibration compares every job of the plan, also those the finished run made up to date
         forceall = args.forceall or args.calibrate is not None
-        jobs = plan_jobs(args.directory, args.configfile, args.targets, forceall=forceall)
+        jobs = plan_jobs(args.directory, args.configfile, main_table(args), forceall=forceall)
     except WorkflowError as err:
         sys.exit(f"prism plan: {err}")
     if not jobs:
@@ -46,7 +56,7 @@ def plan(args) -> None:
 def preflight(args) -> None:
     from prism.cluster.preflight import preflight as check
 
-    problems = check(Path(args.directory), args.configfile, args.targets, args.workflow_profile)
+    problems = check(Path(args.directory), args.configfile, main_table(args), args.workflow_profile)
     if problems:
         listed = "\n".join(f"  - {problem}" for problem in problems)
         sys.exit(f"prism preflight: {len(problems)} problem(s) to fix before submitting:\n{listed}")
@@ -118,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="prism", description="PRISM pipeline tools")
     commands = parser.add_subparsers(dest="command", required=True)
     plan_parser = commands.add_parser("plan", help="jobs per stage with GPUs, nodes, GPU-hours and memory")
-    plan_parser.add_argument("targets", nargs="*", default=["results/tables/main.csv"])
+    plan_parser.add_argument("targets", nargs="*", help="default: the config's results/tables/main.csv")
     plan_parser.add_argument("--configfile", action="append", default=[], help="e.g. config/tiny.yaml")
     plan_parser.add_argument("--forceall", action="store_true", help="every job, also those up to date")
     plan_parser.add_argument("--directory", default=str(WORKFLOW_DIR), help="the workflow directory")
@@ -127,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     plan_parser.set_defaults(run=plan)
     check_parser = commands.add_parser("preflight", help="check cluster settings, memory, disk, tokens first")
-    check_parser.add_argument("targets", nargs="*", default=["results/tables/main.csv"])
+    check_parser.add_argument("targets", nargs="*", help="default: the config's results/tables/main.csv")
     check_parser.add_argument("--configfile", action="append", default=[], help="e.g. config/tiny.yaml")
     check_parser.add_argument("--workflow-profile", help="the profile you submit with, e.g. profiles/slurm")
     check_parser.add_argument("--directory", default=str(WORKFLOW_DIR), help="the workflow directory")

@@ -6,4 +6,4 @@ bash scripts/setup.sh
 . .venv/bin/activate
 snakemake --workflow-profile profiles/local --configfile config/tiny.yaml "$@"
 echo
-cat results/tables/main.csv
+cat tiny/results/tables/main.csv

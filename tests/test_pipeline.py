@@ -13,6 +13,7 @@ from conftest import TINY, files_holding_secrets, snakemake, write_config
 from prism.cluster.plan import plan_jobs
 
 pytestmark = pytest.mark.pipeline
+RESULTS, WORK = "tiny/results", "tiny/work"  # config/tiny.yaml's paths
 
 
 @pytest.fixture(scope="module")
@@ -26,14 +27,14 @@ def read_csv(path):
 
 
 def test_table_has_one_full_row_per_variant(finished):
-    rows = read_csv(finished / "results/tables/main.csv")
+    rows = read_csv(finished / f"{RESULTS}/tables/main.csv")
     variants = yaml.safe_load((finished / "config/config.yaml").read_text())["eval"]["variants"]
     assert [(r["policy"], r["variant"]) for r in rows] == [("tiny", v) for v in variants]
     for row in rows:
         assert all(re.fullmatch(r"\d+\.\d", row[k]) for k in row if k not in ("policy", "variant"))
-    versus = read_csv(finished / "results/tables/main_vs_paper.csv")
+    versus = read_csv(finished / f"{RESULTS}/tables/main_vs_paper.csv")
     assert len(versus) == len(variants) * 8 and all(r["paper"] == "" for r in versus)
-    ablations = read_csv(finished / "results/tables/ablations.csv")
+    ablations = read_csv(finished / f"{RESULTS}/tables/ablations.csv")
     paper = read_csv(finished / "config/paper_ablations.csv")
     assert [r["setting"] for r in ablations] == [r["setting"] for r in paper]  # every row, the paper's order
     assert all(r["Avg"] for r in ablations)
@@ -42,52 +43,56 @@ def test_table_has_one_full_row_per_variant(finished):
 
 
 def test_training_learns(finished):
-    sft = read_csv(finished / "results/models/sft/tiny/metrics.csv")
+    sft = read_csv(finished / f"{RESULTS}/models/sft/tiny/metrics.csv")
     first, last = float(sft[0]["loss"]), sum(float(r["loss"]) for r in sft[-10:]) / 10
     assert last < 0.2 * first
-    table = {r["variant"]: float(r["Avg"]) for r in read_csv(finished / "results/tables/main.csv")}
+    table = {r["variant"]: float(r["Avg"]) for r in read_csv(finished / f"{RESULTS}/tables/main.csv")}
     assert table["sft"] > table["instruct"] + 10  # the random base cannot even keep the format
-    warm = json.loads((finished / "results/models/discriminator/warm/manifest.json").read_text())["metrics"]
+    warm = json.loads((finished / RESULTS / "models/discriminator/warm/manifest.json").read_text())
+    warm = warm["metrics"]
     assert warm["heldout_loss_after"] < warm["heldout_loss_before"]
     assert warm["heldout_acc_after"] > 0.6
 
 
 def test_every_artifact_has_a_manifest_naming_its_inputs(finished):
-    manifests = list((finished / "results").rglob("manifest.json"))
+    manifests = list((finished / RESULTS).rglob("manifest.json"))
     # models and data sets as built, the prepared sets, bench, sft, disc, align, rl, eval, and the
     # ablations: the SFT subset and its SFT, the dense and text-only discriminators, four alignments, four RL
     # runs and their evaluations
     assert len(manifests) == 2 + 4 + 4 + 1 + 1 + 2 + 1 + 6 + 9 + 1 + 1 + 2 + 4 + 4 + 4
-    rl = json.loads((finished / "results/models/rl/tiny/prism-dapo/manifest.json").read_text())
-    assert set(rl["inputs"]) == {"results/models/prism/tiny/manifest.json", "results/data/rl/manifest.json"}
+    rl = json.loads((finished / f"{RESULTS}/models/rl/tiny/prism-dapo/manifest.json").read_text())
+    assert set(rl["inputs"]) == {
+        f"{RESULTS}/models/prism/tiny/manifest.json",
+        f"{RESULTS}/data/rl/manifest.json",
+    }
     assert rl["config"]["algorithm"]["clip_ratio_high"] == 0.28
 
 
 def test_each_trained_ablation_changes_its_one_input(finished):
     def manifest(path):
-        return json.loads((finished / "results" / path / "manifest.json").read_text())
+        return json.loads((finished / RESULTS / path / "manifest.json").read_text())
 
     def sees_images(path):
-        return json.loads((finished / "results" / path / "discriminator.json").read_text())["sees_images"]
+        return json.loads((finished / RESULTS / path / "discriminator.json").read_text())["sees_images"]
 
     assert sees_images("models/discriminator/warm") and not sees_images("models/discriminator/text-only")
     text_only = manifest("models/ablations/text_only_discriminator/tiny/prism")["inputs"]
-    assert "results/models/discriminator/text-only/manifest.json" in text_only
-    assert "results/models/sft/tiny/manifest.json" in text_only
+    assert f"{RESULTS}/models/discriminator/text-only/manifest.json" in text_only
+    assert f"{RESULTS}/models/sft/tiny/manifest.json" in text_only
     subset = manifest("data/sft-subset")["metrics"]
     assert (subset["parts"], subset["read"], subset["kept"]) == (["gemini_distill"], 384, 384)
     subset_sft = manifest("models/ablations/sft_subset/tiny/sft")
-    assert "results/data/sft-subset/manifest.json" in subset_sft["inputs"]
+    assert f"{RESULTS}/data/sft-subset/manifest.json" in subset_sft["inputs"]
     assert subset_sft["metrics"]["steps"] * 2 == manifest("models/sft/tiny")["metrics"]["steps"]
     subset_align = manifest("models/ablations/sft_subset/tiny/prism")["inputs"]
-    assert "results/models/ablations/sft_subset/tiny/sft/manifest.json" in subset_align
+    assert f"{RESULTS}/models/ablations/sft_subset/tiny/sft/manifest.json" in subset_align
 
 
 def test_tiny_sets_pass_the_same_row_checks_as_the_downloads_whole(finished):
     for name in ("sft", "warmup", "align", "rl"):
-        manifest = json.loads((finished / f"results/data/{name}/manifest.json").read_text())
+        manifest = json.loads((finished / f"{RESULTS}/data/{name}/manifest.json").read_text())
         assert manifest["stage"] == f"prepare:{name}"
-        assert list(manifest["inputs"]) == [f"results/inputs/datasets/{name}/manifest.json"]
+        assert list(manifest["inputs"]) == [f"tiny/inputs/datasets/{name}/manifest.json"]
         assert manifest["metrics"]["read"] == manifest["metrics"]["kept"] > 0
 
 
@@ -128,11 +133,11 @@ def test_report_holds_the_tables_the_comparison_and_the_curves(finished):
     report = (finished / "report.html").read_text()
     shown = ("main.csv", "main_vs_paper.csv", "ablations.csv", "ours_vs_paper_tiny.svg", "curves_rl.svg")
     assert [name for name in shown if name not in report] == []
-    curves = (finished / "results/tables/curves_discriminator.svg").read_text()
+    curves = (finished / f"{RESULTS}/tables/curves_discriminator.svg").read_text()
     assert "polyline" in curves and "no curve recorded" not in curves
 
 
 def test_no_secret_reaches_a_result_a_log_the_work_state_or_the_report(finished):
     """The run had HF_TOKEN and WANDB_API_KEY set (to markers); no file it wrote holds them."""
-    written = [finished / name for name in ("results", "work", ".snakemake", "report.html")]
+    written = [finished / name for name in (RESULTS, WORK, ".snakemake", "report.html")]
     assert files_holding_secrets(*[path for path in written if path.exists()]) == []

@@ -172,11 +172,11 @@ def test_prism_clean_lists_then_removes_only_state_no_current_job_resumes(built)
     merged = load_yaml("config.yaml")
     update_config(merged, load_yaml("tiny.yaml"))
     slice_ = load_config(merged).rl.job_slice("grpo")
-    inputs = [built / "results/models/sft/tiny", built / "results/data/rl"]
+    inputs = [built / "tiny/results/models/sft/tiny", built / "tiny/results/data/rl"]
     current = fingerprint(slice_, inputs, code_fingerprint(stage_roots("prism.rl", "cpu")))
-    run_dir = built / "work/rl/tiny/sft-grpo"
+    run_dir = built / "tiny/work/rl/tiny/sft-grpo"
     resumable = run_dir / current
-    stale = [run_dir / "0123456789abcdef", built / "work/rl/tiny/sft-removed/fedcba9876543210"]
+    stale = [run_dir / "0123456789abcdef", built / "tiny/work/rl/tiny/sft-removed/fedcba9876543210"]
     for state in (resumable, *stale):
         state.mkdir(parents=True)
         (state / "state.pt").write_bytes(b"x" * 1000)
@@ -193,7 +193,7 @@ def test_prism_clean_lists_then_removes_only_state_no_current_job_resumes(built)
     assert all(s.exists() for s in stale)  # a dry run by default
     clean("--delete")
     assert not any(s.exists() for s in stale) and resumable.exists()
-    shutil.rmtree(built / "work")
+    shutil.rmtree(built / "tiny/work")
 
 
 def test_a_failure_threshold_is_recorded_in_the_manifest_not_compared(rl_inputs, tmp_path):

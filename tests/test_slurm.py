@@ -22,6 +22,7 @@ from prism.cluster.plan import plan_jobs
 from prism.core.config import BENCHMARKS
 
 pytestmark = pytest.mark.slurm
+RESULTS = "tiny/results"  # config/tiny.yaml's paths
 # Where each GPU rule's request lives in the config.
 STAGE_RESOURCES = {
     "sft": ("sft",),
@@ -61,7 +62,7 @@ def slurm_jobs(workdir: Path) -> dict[str, dict]:
 def slurm_run(cluster, tiny_run):
     """The session's tiny run, submitted through this Slurm: its workdir, Slurm's records, its table."""
     workdir = tiny_run
-    with (workdir / "results/tables/main.csv").open() as handle:
+    with (workdir / RESULTS / "tables/main.csv").open() as handle:
         table = list(csv.reader(handle))
     return workdir, slurm_jobs(workdir), table
 
@@ -150,7 +151,7 @@ def preempted_after_checkpoint(comment: str, work: Path):
 
 def manifests(workdir: Path) -> dict[str, int]:
     return {
-        str(p.relative_to(workdir)): p.stat().st_mtime_ns for p in workdir.glob("results/**/manifest.json")
+        str(p.relative_to(workdir)): p.stat().st_mtime_ns for p in workdir.glob(f"{RESULTS}/**/manifest.json")
     }
 
 
@@ -161,7 +162,7 @@ def test_a_preempted_job_is_retried_and_resumes_without_redoing_finished_work(sl
     overlay = write_config(workdir, "dapo.yaml", {"rl": {"algorithm": {"dapo": {"clip_ratio_high": 0.3}}}})
     before = manifests(workdir)
     with preempted_after_checkpoint(
-        "rule_rl_wildcards_tiny_prism_dapo", workdir / "work/rl/tiny/prism-dapo"
+        "rule_rl_wildcards_tiny_prism_dapo", workdir / "tiny/work/rl/tiny/prism-dapo"
     ) as cancelled:
         result = snakemake(
             workdir, "--workflow-profile", "profiles/slurm", *TINY, overlay, *TEST_CLUSTER, timeout=1200
@@ -179,13 +180,13 @@ def test_a_preempted_job_is_retried_and_resumes_without_redoing_finished_work(sl
     }
     after = manifests(workdir)
     assert {path for path in after if after[path] != before[path]} == {
-        "results/models/rl/tiny/prism-dapo/manifest.json",
-        "results/models/rl/tiny/sft-dapo/manifest.json",
-        "results/eval/tiny/prism-dapo/manifest.json",
-        "results/eval/tiny/sft-dapo/manifest.json",
+        f"{RESULTS}/models/rl/tiny/prism-dapo/manifest.json",
+        f"{RESULTS}/models/rl/tiny/sft-dapo/manifest.json",
+        f"{RESULTS}/eval/tiny/prism-dapo/manifest.json",
+        f"{RESULTS}/eval/tiny/sft-dapo/manifest.json",
     }
     # The retry picked up from the checkpoint the cancelled attempt saved, and ran only the steps after it.
-    log = (workdir / "results/logs/rl/tiny/prism-dapo.log").read_text()
+    log = (workdir / RESULTS / "logs/rl/tiny/prism-dapo.log").read_text()
     resumed = int(re.search(r"resumed from step (\d+)", log).group(1))
     steps = [int(s) for s in re.findall(r"^step (\d+)/", log, re.MULTILINE)]
     assert resumed > 0 and steps == list(range(resumed + 1, merged_tiny_config()["rl"]["steps"] + 1))
