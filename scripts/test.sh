@@ -4,6 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/setup-lmms-eval.sh # lmms-eval's own environment, for the tests that run it
+bash scripts/setup-llamafactory.sh # LLaMA-Factory's, for the test that trains with it
 . .venv/bin/activate
 ruff check prism tests benchmarks
 ruff format --check prism tests benchmarks

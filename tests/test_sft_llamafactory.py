@@ -98,7 +98,14 @@ def test_the_yaml_names_the_data_set_preparation_registers(paper_sft, tmp_path):
     command = [sys.executable, "-m", "prism.data", "dataset", "--name", "sft", "--config", json.dumps(spec)]
     subprocess.run([*command, "--out", str(tmp_path / "raw")], check=True, capture_output=True)
     prepare = [sys.executable, "-m", "prism.data", "prepare", "--name", "sft", "--raw", str(tmp_path / "raw")]
-    prepare += ["--config", "{}", "--settings", '{"max_rejected_fraction": 0}', "--out", str(tmp_path / "sft")]
+    prepare += [
+        "--config",
+        "{}",
+        "--settings",
+        '{"max_rejected_fraction": 0}',
+        "--out",
+        str(tmp_path / "sft"),
+    ]
     subprocess.run(prepare, check=True, capture_output=True)
     settings = training_yaml(paper_sft, Path("/m"), tmp_path / "sft", Path("/w"), None)
     entry = json.loads((tmp_path / "sft" / "dataset_info.json").read_text())[settings["dataset"]]
@@ -189,3 +196,102 @@ def test_the_tiny_processor_shows_llamafactory_its_geometry_without_saving_a_vid
     assert processor.video_processor.patch_size == processor.image_processor.patch_size
     processor.save_pretrained(tmp_path)
     assert "video_processor" not in (tmp_path / "processor_config.json").read_text()
+
+
+# ------------------------------------------------------------ the real LLaMA-Factory, in its own environment
+
+LLAMAFACTORY_BIN = Path(__file__).resolve().parent.parent / ".venv-llamafactory" / "bin"
+needs_llamafactory = pytest.mark.skipif(
+    not (LLAMAFACTORY_BIN / "llamafactory-cli").exists() and not os.environ.get("PRISM_REQUIRE_LLAMAFACTORY"),
+    reason="no .venv-llamafactory (bash scripts/setup-llamafactory.sh)",
+)
+# What needs a GPU, swapped for the CPU; every other setting is the paper config's rendering.
+ON_CPU = {"bf16": False, "cutoff_len": 256, "image_max_pixels": 16384, "per_device_train_batch_size": 2}
+ON_CPU |= {"save_steps": 2, "logging_steps": 1, "preprocessing_num_workers": 1, "dataloader_num_workers": 0}
+
+
+def real_training(paper_sft, tiny_dir, data, output_dir, resume, datasets_cache):
+    settings = training_yaml(paper_sft, tiny_dir, data, output_dir, resume)
+    del settings["deepspeed"]  # ZeRO-3 partitions over GPUs; one CPU process trains the whole model
+    config_file = output_dir.parent / "sft.yaml"
+    config_file.write_text(yaml.safe_dump(settings | ON_CPU, sort_keys=False))
+    command, env = launch(config_file, nodes=1, gpus_per_node=1, datasets_cache=datasets_cache)
+    env |= {"PATH": f"{LLAMAFACTORY_BIN}:{env['PATH']}", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
+    log = (output_dir.parent / f"train-{'resumed' if resume else 'first'}.log").open("w")
+    return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+
+
+def process_tree(pid: int) -> list[int]:
+    """A process and all its descendants, from /proc."""
+    children = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        children += [int(child) for child in task.read_text().split()]
+    return [pid, *(descendant for child in children for descendant in process_tree(child))]
+
+
+@needs_llamafactory
+def test_llamafactory_trains_the_paper_yaml_on_the_tiny_model_resumes_a_killed_run_and_exports(
+    paper_sft, tiny_dir, tmp_path
+):
+    """`llamafactory-cli train` under torchrun on the YAML rendered for the paper, with only what needs a
+    GPU swapped (ON_CPU): 16 examples, 8 steps, a checkpoint every 2. Killed once checkpoint-4 is
+    complete, resumed from it; the export carries the base's multimodal chat template and loads with the
+    next stages' loaders."""
+    import signal
+    import time
+
+    from prism.core.modeling import load_model, load_processor
+    from prism.sft.llamafactory import curves, export
+
+    spec = {"source": "synthetic", "synthetic": {"examples": 16, "seed": 0}}
+    command = [sys.executable, "-m", "prism.data", "dataset", "--name", "sft", "--config", json.dumps(spec)]
+    subprocess.run([*command, "--out", str(tmp_path / "raw")], check=True, capture_output=True)
+    prepare = [sys.executable, "-m", "prism.data", "prepare", "--name", "sft", "--raw", str(tmp_path / "raw")]
+    prepare += [
+        "--config",
+        "{}",
+        "--settings",
+        '{"max_rejected_fraction": 0}',
+        "--out",
+        str(tmp_path / "sft"),
+    ]
+    subprocess.run(prepare, check=True, capture_output=True)
+    output_dir, cache = tmp_path / "work" / "llamafactory", tmp_path / "work" / "datasets"
+    output_dir.mkdir(parents=True)
+
+    first = real_training(paper_sft, tiny_dir, tmp_path / "sft", output_dir, None, cache)
+    deadline = time.time() + 400
+    while latest_checkpoint(output_dir) != output_dir / "checkpoint-4":
+        assert first.poll() is None, (output_dir.parent / "train-first.log").read_text()[-3000:]
+        assert time.time() < deadline, "no checkpoint-4 in time"
+        time.sleep(0.2)
+    for pid in process_tree(
+        first.pid
+    ):  # as Slurm ends a job: torchrun starts its worker in a session of its own
+        os.kill(pid, signal.SIGKILL)
+    first.wait(timeout=60)
+    assert not (output_dir / "all_results.json").exists()
+    assert any(cache.iterdir())  # the tokenized set is cached in the work directory, not in ~/.cache
+
+    resume = latest_checkpoint(output_dir)
+    second = real_training(paper_sft, tiny_dir, tmp_path / "sft", output_dir, resume, cache)
+    assert second.wait(timeout=400) == 0, (output_dir.parent / "train-resumed.log").read_text()[-3000:]
+    assert (
+        "Resuming training from checkpoint with epoch 0 and global step 4"
+        in (output_dir.parent / "train-resumed.log").read_text()
+    )
+    steps = curves(output_dir / "trainer_log.jsonl")
+    assert list(steps) == list(range(1, 9)) and all(0 < row["loss"] < 20 for row in steps.values())
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    assert state["global_step"] == 8 and (output_dir / "all_results.json").is_file()
+
+    export(output_dir, tmp_path / "out")
+    exported = {path.name for path in (tmp_path / "out").iterdir()}
+    expected = {"model.safetensors", "config.json", "tokenizer.json", "chat_template.jinja"}
+    assert expected | {"processor_config.json", "tiny_processing.py", "all_results.json"} <= exported
+    assert "training_args.bin" not in exported and not any(name.startswith("checkpoint") for name in exported)
+    template = (tmp_path / "out" / "chat_template.jinja").read_text()
+    assert template == (tiny_dir / "chat_template.jinja").read_text() and "<|vision_start|>" in template
+    model, processor = load_model(str(tmp_path / "out")), load_processor(str(tmp_path / "out"))
+    assert type(model).__name__ == "Qwen3VLForConditionalGeneration"
+    assert processor.chat_template == template

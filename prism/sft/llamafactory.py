@@ -48,6 +48,8 @@ def training_yaml(cfg: dict, model: Path, data: Path, output_dir: Path, resume: 
         "dataset_dir": str(data),
         "media_dir": str(data),  # prepared image paths are relative to the prepared set
         "template": engine["template"],
+        # LLaMA-Factory cuts prompt + response to this length together (the paper's "max response length"
+        # is read as this cap: prompt, image tokens and response within 8192)
         "cutoff_len": cfg["max_length"],
         "preprocessing_num_workers": engine["preprocessing_workers"],
         "dataloader_num_workers": engine["dataloader_workers"],
@@ -87,13 +89,19 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
     return max(complete)[1] if complete else None
 
 
-def launch(config_file: Path, nodes: int, gpus_per_node: int, environ=os.environ) -> tuple[list[str], dict]:
+def launch(
+    config_file: Path, nodes: int, gpus_per_node: int, environ=os.environ, datasets_cache: Path | None = None
+) -> tuple[list[str], dict]:
     """`llamafactory-cli train` under torchrun: directly on one node; on several, one launcher per node
-    through srun, each taking its rank from SLURM_NODEID and meeting on the first node."""
+    through srun, each taking its rank from SLURM_NODEID and meeting on the first node. The tokenized data
+    set (tens of GB for the paper's 1.37M rows) is cached in `datasets_cache`, not in ~/.cache, and a
+    rerun finds it there."""
     from prism.cluster.ray_cluster import allocation_nodes, free_port
 
     train = ["llamafactory-cli", "train", str(config_file)]
     env = dict(environ, FORCE_TORCHRUN="1", NPROC_PER_NODE=str(gpus_per_node), NNODES=str(nodes))
+    if datasets_cache is not None:
+        env["HF_DATASETS_CACHE"] = str(datasets_cache)
     if nodes == 1:
         return train, env | {"NODE_RANK": "0"}
     env |= {"MASTER_ADDR": allocation_nodes(environ)[0], "MASTER_PORT": str(free_port())}
@@ -144,7 +152,9 @@ def run(args) -> None:
         settings = training_yaml(cfg, args.model.resolve(), args.data.resolve(), output_dir, resume)
         config_file.write_text(yaml.safe_dump(settings, sort_keys=False))
         print(f"sft: LLaMA-Factory {'from ' + resume.name if resume else 'from the start'}", flush=True)
-        command, env = launch(config_file, args.nodes, args.gpus_per_node)
+        command, env = launch(
+            config_file, args.nodes, args.gpus_per_node, datasets_cache=args.work / "datasets"
+        )
         returncode = subprocess.run(command, env=env).returncode
         if returncode or not (output_dir / FINISHED).is_file():
             saved = latest_checkpoint(output_dir)
