@@ -116,15 +116,18 @@ def test_one_rl_hyperparameter_reruns_only_its_runs_their_evaluations_and_the_ta
     assert counts == {"rl": 2, "evaluate": 2, "tables": 1, "all": 1}
 
 
-def test_a_code_change_reruns_the_stage_that_runs_it(finished):
+def test_a_code_change_reruns_the_stage_that_runs_it_and_a_comment_nothing(finished):
     module = finished / "prism/rl/cpu.py"
     original = module.read_text()
     try:
-        module.write_text(original + "\n# changed\n")
-        counts = rule_counts(finished, ["config/tiny.yaml"])
+        module.write_text(original + "\n# a comment changes no result\n")
+        commented = rule_counts(finished, ["config/tiny.yaml"])
+        module.write_text(original + "\nSTEP_LOG_EVERY = 1\n")
+        changed = rule_counts(finished, ["config/tiny.yaml"])
     finally:
         module.write_text(original)
-    assert counts == {"rl": 6, "rl_ablation": 4, "evaluate": 6 + 4, "tables": 1, "all": 1}
+    assert commented == {}
+    assert changed == {"rl": 6, "rl_ablation": 4, "evaluate": 6 + 4, "tables": 1, "all": 1}
 
 
 def test_report_holds_the_tables_the_comparison_and_the_curves(finished):

@@ -23,8 +23,9 @@ from prism.core.config import BENCHMARKS
 
 pytestmark = pytest.mark.slurm
 RESULTS = "tiny/results"  # config/tiny.yaml's paths
-# Where each GPU rule's request lives in the config.
+# Where each Slurm rule's request lives in the config.
 STAGE_RESOURCES = {
+    "prepare_dataset": ("data",),
     "sft": ("sft",),
     "upcycle": ("discriminator", "upcycle"),
     "warmup_discriminator": ("discriminator", "warmup"),
@@ -98,7 +99,7 @@ def test_slurm_granted_each_job_the_request_its_stage_makes_in_the_config(slurm_
         wanted = section["resources"]
         granted = {
             "partition": job["Partition"],
-            "gpus": job["TresPerJob"],
+            "gpus": job.get("TresPerJob"),
             "minutes": minutes(job["TimeLimit"]),
             "mem_mb": megabytes(job["MinMemoryNode"]),
             "cpus_per_task": int(job["CPUs/Task"]),
@@ -106,11 +107,11 @@ def test_slurm_granted_each_job_the_request_its_stage_makes_in_the_config(slurm_
         }
         assert granted == {
             "partition": cluster["partition"],
-            "gpus": f"gres:gpu:{cluster['gpu_model']}:{wanted['gpus']}",
+            "gpus": f"gres:gpu:{cluster['gpu_model']}:{wanted['gpus']}" if wanted.get("gpus") else None,
             "minutes": round(wanted["hours"] * 60),
             "mem_mb": wanted["mem_mb"],
             "cpus_per_task": wanted["cpus_per_task"],
-            "nodes": wanted["nodes"],
+            "nodes": wanted.get("nodes", 1),
         }, job["rule"]
 
 
