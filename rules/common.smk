@@ -38,7 +38,8 @@ def work_dir(*parts) -> str:
 def code(package: str, engine: str | None = None) -> str:
     """What `python -m prism.<package>` runs for `engine`: the fingerprint of its import closure
     without docstrings (prism/core/closure.py). A params value, so a comment or a module nothing
-    imports reruns nothing, and a behaviour edit reruns the jobs whose closure holds it."""
+    imports reruns nothing, and a behaviour edit reruns the jobs whose closure holds it.
+    """
     return code_fingerprint(stage_roots(f"prism.{package}", engine))
 
 
@@ -49,7 +50,8 @@ def built_code(spec: dict) -> str:
 
 def not_compared(value: str):
     """A param the params trigger skips (it compares no param derived from a job's resources): for
-    where a job runs or when it fails, never its result (allocation, failure thresholds)."""
+    where a job runs or when it fails, never its result (allocation, failure thresholds).
+    """
     return lambda wildcards, resources: value
 
 
@@ -112,7 +114,9 @@ def cpu_resources(resources) -> dict:
         "runtime": round(resources.hours * 60),
         "cpus_per_task": resources.cpus_per_task,
     }
-    return slurm | ({"slurm_account": CFG.cluster.account} if CFG.cluster.account else {})
+    return slurm | (
+        {"slurm_account": CFG.cluster.account} if CFG.cluster.account else {}
+    )
 
 
 def gpu_resources(resources) -> dict:
