@@ -50,6 +50,18 @@ FAKE_CLI = textwrap.dedent(
 )
 
 
+def prepared_sft(directory: Path, examples: int) -> Path:
+    """A synthetic SFT set built and prepared by the data stage's CLI, as prepare_dataset leaves it."""
+    spec = {"source": "synthetic", "synthetic": {"examples": examples, "seed": 0}}
+    data = [sys.executable, "-m", "prism.data"]
+    build = [*data, "dataset", "--name", "sft", "--config", json.dumps(spec), "--out", str(directory / "raw")]
+    subprocess.run(build, check=True, capture_output=True)
+    prepare = [*data, "prepare", "--name", "sft", "--raw", str(directory / "raw"), "--config", "{}"]
+    prepare += ["--settings", '{"max_rejected_fraction": 0}', "--out", str(directory / "sft")]
+    subprocess.run(prepare, check=True, capture_output=True)
+    return directory / "sft"
+
+
 @pytest.fixture
 def paper_sft(paper_config) -> dict:
     return load_config(paper_config).sft.stage_slice()
@@ -94,19 +106,7 @@ def test_paper_yaml_has_every_hyperparameter_of_the_seed_sft_column(paper_sft, t
 
 
 def test_the_yaml_names_the_data_set_preparation_registers(paper_sft, tmp_path):
-    spec = {"source": "synthetic", "synthetic": {"examples": 4, "seed": 0}}
-    command = [sys.executable, "-m", "prism.data", "dataset", "--name", "sft", "--config", json.dumps(spec)]
-    subprocess.run([*command, "--out", str(tmp_path / "raw")], check=True, capture_output=True)
-    prepare = [sys.executable, "-m", "prism.data", "prepare", "--name", "sft", "--raw", str(tmp_path / "raw")]
-    prepare += [
-        "--config",
-        "{}",
-        "--settings",
-        '{"max_rejected_fraction": 0}',
-        "--out",
-        str(tmp_path / "sft"),
-    ]
-    subprocess.run(prepare, check=True, capture_output=True)
+    prepared_sft(tmp_path, examples=4)
     settings = training_yaml(paper_sft, Path("/m"), tmp_path / "sft", Path("/w"), None)
     entry = json.loads((tmp_path / "sft" / "dataset_info.json").read_text())[settings["dataset"]]
     assert entry["formatting"] == "sharegpt" and entry["columns"] == {
@@ -243,19 +243,7 @@ def test_llamafactory_trains_the_paper_yaml_on_the_tiny_model_resumes_a_killed_r
     from prism.core.modeling import load_model, load_processor
     from prism.sft.llamafactory import curves, export
 
-    spec = {"source": "synthetic", "synthetic": {"examples": 16, "seed": 0}}
-    command = [sys.executable, "-m", "prism.data", "dataset", "--name", "sft", "--config", json.dumps(spec)]
-    subprocess.run([*command, "--out", str(tmp_path / "raw")], check=True, capture_output=True)
-    prepare = [sys.executable, "-m", "prism.data", "prepare", "--name", "sft", "--raw", str(tmp_path / "raw")]
-    prepare += [
-        "--config",
-        "{}",
-        "--settings",
-        '{"max_rejected_fraction": 0}',
-        "--out",
-        str(tmp_path / "sft"),
-    ]
-    subprocess.run(prepare, check=True, capture_output=True)
+    prepared_sft(tmp_path, examples=16)
     output_dir, cache = tmp_path / "work" / "llamafactory", tmp_path / "work" / "datasets"
     output_dir.mkdir(parents=True)
 
