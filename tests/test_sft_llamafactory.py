@@ -106,15 +106,15 @@ def test_paper_yaml_has_every_hyperparameter_of_the_seed_sft_column(paper_sft, t
 
 
 def test_the_yaml_names_the_data_set_preparation_registers(paper_sft, tmp_path):
-    prepared_sft(tmp_path, examples=4)
-    settings = training_yaml(paper_sft, Path("/m"), tmp_path / "sft", Path("/w"), None)
-    entry = json.loads((tmp_path / "sft" / "dataset_info.json").read_text())[settings["dataset"]]
+    data = prepared_sft(tmp_path, examples=4)
+    settings = training_yaml(paper_sft, Path("/m"), data, Path("/w"), None)
+    entry = json.loads((data / "dataset_info.json").read_text())[settings["dataset"]]
     assert entry["formatting"] == "sharegpt" and entry["columns"] == {
         "messages": "messages",
         "images": "images",
     }
     assert entry["tags"]["user_tag"] == "user" and entry["tags"]["assistant_tag"] == "assistant"
-    rows = [json.loads(line) for line in (tmp_path / "sft" / entry["file_name"]).read_text().splitlines()]
+    rows = [json.loads(line) for line in (data / entry["file_name"]).read_text().splitlines()]
     assert len(rows) == 4
     for row in rows:  # LLaMA-Factory: as many <image> as images, each resolvable under media_dir
         assert sum(m["content"].count("<image>") for m in row["messages"]) == len(row["images"]) == 1
@@ -243,26 +243,25 @@ def test_llamafactory_trains_the_paper_yaml_on_the_tiny_model_resumes_a_killed_r
     from prism.core.modeling import load_model, load_processor
     from prism.sft.llamafactory import curves, export
 
-    prepared_sft(tmp_path, examples=16)
+    data = prepared_sft(tmp_path, examples=16)
     output_dir, cache = tmp_path / "work" / "llamafactory", tmp_path / "work" / "datasets"
     output_dir.mkdir(parents=True)
 
-    first = real_training(paper_sft, tiny_dir, tmp_path / "sft", output_dir, None, cache)
+    first = real_training(paper_sft, tiny_dir, data, output_dir, None, cache)
     deadline = time.time() + 400
     while latest_checkpoint(output_dir) != output_dir / "checkpoint-4":
         assert first.poll() is None, (output_dir.parent / "train-first.log").read_text()[-3000:]
         assert time.time() < deadline, "no checkpoint-4 in time"
         time.sleep(0.2)
-    for pid in process_tree(
-        first.pid
-    ):  # as Slurm ends a job: torchrun starts its worker in a session of its own
+    # as Slurm ends a job: torchrun starts its worker in a session of its own, so kill the whole tree
+    for pid in process_tree(first.pid):
         os.kill(pid, signal.SIGKILL)
     first.wait(timeout=60)
     assert not (output_dir / "all_results.json").exists()
     assert any(cache.iterdir())  # the tokenized set is cached in the work directory, not in ~/.cache
 
     resume = latest_checkpoint(output_dir)
-    second = real_training(paper_sft, tiny_dir, tmp_path / "sft", output_dir, resume, cache)
+    second = real_training(paper_sft, tiny_dir, data, output_dir, resume, cache)
     assert second.wait(timeout=400) == 0, (output_dir.parent / "train-resumed.log").read_text()[-3000:]
     assert (
         "Resuming training from checkpoint with epoch 0 and global step 4"
