@@ -65,7 +65,7 @@ def test_workflow_env_deploys_as_snakemake_deploys_it_and_every_process_imports_
     prefix = tmp_path / "conda-envs"
     result = snakemake(
         workflow_copy,
-        "results/tables/main.csv",
+        "tiny/results/tables/main.csv",
         *TINY,
         "--sdm",
         "conda",
