@@ -8,9 +8,9 @@ import re
 
 import pytest
 import yaml
+from test_reruns import planned
 
 from conftest import TINY, files_holding_secrets, snakemake, write_config
-from prism.cluster.plan import plan_jobs
 
 pytestmark = pytest.mark.pipeline
 RESULTS, WORK = "tiny/results", "tiny/work"  # config/tiny.yaml's paths
@@ -55,7 +55,8 @@ def test_training_learns(finished):
 
 
 def test_every_artifact_has_a_manifest_naming_its_inputs(finished):
-    manifests = list((finished / RESULTS).rglob("manifest.json"))
+    built = [finished / "tiny/inputs", finished / RESULTS]  # config/tiny.yaml's hf_cache and results
+    manifests = [path for root in built for path in root.rglob("manifest.json")]
     # models and data sets as built, the prepared sets, bench, sft, disc, align, rl, eval, and the
     # ablations: the SFT subset and its SFT, the dense and text-only discriminators, four alignments, four RL
     # runs and their evaluations
@@ -102,17 +103,15 @@ def test_a_finished_run_has_nothing_to_do(finished):
     assert "Nothing to be done" in result.stdout + result.stderr
 
 
-def rule_counts(workdir, configfiles):
-    jobs = plan_jobs(workdir, [workdir / f for f in configfiles], ["all"])
-    counts = {}
-    for job in jobs:
-        counts[job.rule] = counts.get(job.rule, 0) + 1
-    return counts
+def rule_counts(workdir, *overlays):
+    """Jobs per rule of `snakemake -n` run in the workdir, so that it fingerprints the workdir's code."""
+    # one --configfile flag: a second one would replace the first's files
+    return dict(planned(workdir, "--configfile", "config/tiny.yaml", *overlays)[0])
 
 
 def test_one_rl_hyperparameter_reruns_only_its_runs_their_evaluations_and_the_table(finished):
     overlay = write_config(finished, "dapo.yaml", {"rl": {"algorithm": {"dapo": {"clip_ratio_high": 0.3}}}})
-    counts = rule_counts(finished, ["config/tiny.yaml", overlay])
+    counts = rule_counts(finished, overlay)
     assert counts == {"rl": 2, "evaluate": 2, "tables": 1, "all": 1}
 
 
@@ -121,9 +120,9 @@ def test_a_code_change_reruns_the_stage_that_runs_it_and_a_comment_nothing(finis
     original = module.read_text()
     try:
         module.write_text(original + "\n# a comment changes no result\n")
-        commented = rule_counts(finished, ["config/tiny.yaml"])
+        commented = rule_counts(finished)
         module.write_text(original + "\nSTEP_LOG_EVERY = 1\n")
-        changed = rule_counts(finished, ["config/tiny.yaml"])
+        changed = rule_counts(finished)
     finally:
         module.write_text(original)
     assert commented == {}
