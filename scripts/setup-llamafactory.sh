@@ -19,6 +19,8 @@ if ! $venv/bin/python -c "import llamafactory.data, deepspeed, prism" 2>/dev/nul
   python3 scripts/env_pins.py envs/llamafactory.yaml --drop torch --drop torchvision --drop torchaudio \
     --drop deepspeed --set torch==2.13.0 >$venv/requirements.txt
   $pip install --quiet -r $venv/requirements.txt
+  # a dependency pulls PyPI's torchvision beside torch: a CUDA build whose import fails on CPU (nms)
+  $pip uninstall --quiet -y torchvision
   deepspeed=$(python3 scripts/env_pins.py envs/llamafactory.yaml | grep '^deepspeed')
   DS_BUILD_OPS=0 $pip install --quiet --no-build-isolation "$deepspeed" torch==2.13.0
   torchaudio=$(python3 scripts/env_pins.py envs/llamafactory.yaml | grep '^torchaudio')
