@@ -327,6 +327,31 @@ def test_verl_loads_our_saved_discriminator_natively_with_identical_scores(disc_
     assert torch.allclose(logits[:, -1, 0], expected, atol=1e-6)
 
 
+def test_the_update_drops_out_the_heads_input_as_the_warmup_saved_it(disc_dir, tiny_dir, example, tmp_path):
+    """verl zeroes classifier_dropout; the head's dropout is the discriminator's own (its discriminator.json,
+    0.1 where there is none): on in train mode (verl's update), off in eval mode (its scoring)."""
+    inputs = rendered_inputs(tiny_dir, example)
+    native = load_as_verl_does(disc_dir)
+    assert native.dropout.p == Discriminator.load(disc_dir).v_head[0].p == 0.1
+    seen = []
+    native.dropout.register_forward_hook(lambda module, args, out: seen.append((args[0], out)))
+    with torch.no_grad():
+        scores = native.eval()(**inputs).logits[:, -1, 0]
+        torch.manual_seed(0)
+        dropped = native.train()(**inputs).logits[:, -1, 0]
+    assert not torch.allclose(dropped, scores)
+    (hidden, kept), (train_hidden, train_kept) = seen
+    assert torch.equal(kept, hidden)
+    zeroed = train_kept == 0
+    assert torch.allclose(train_kept, train_hidden * ~zeroed / 0.9)
+    assert 0.08 < zeroed[train_hidden != 0].float().mean().item() < 0.12
+
+    for item in disc_dir.iterdir():
+        (tmp_path / item.name).write_bytes(item.read_bytes())
+    (tmp_path / "discriminator.json").unlink()  # the authors' release: the reference's dropout
+    assert load_as_verl_does(tmp_path).dropout.p == 0.1
+
+
 def test_the_released_moe_layout_loads_with_the_head_from_its_shards(tiny_dir, example, tmp_path):
     inputs = rendered_inputs(tiny_dir, example)
     torch.manual_seed(1)

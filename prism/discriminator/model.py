@@ -82,7 +82,7 @@ class Discriminator(nn.Module):
         path = Path(path)
         head = find_head(path)
         if dropout is None:
-            dropout = _meta(path).get("dropout", 0.1)
+            dropout = head_dropout(path)
         backbone = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32)
         model = cls(backbone, dropout, sees_images(path))
         expected = tuple(model.v_head[1].weight.shape)
@@ -99,6 +99,11 @@ def _meta(path: Path) -> dict:
     """What our warmup records beside the weights; the authors' release has none."""
     meta_file = Path(path) / META_FILE
     return json.loads(meta_file.read_text()) if meta_file.exists() else {}
+
+
+def head_dropout(path: str | Path) -> float:
+    """The dropout before the head in training: the warmup's, or the reference's 0.1 (authors' release)."""
+    return _meta(Path(path)).get("dropout", 0.1)
 
 
 def sees_images(path: str | Path) -> bool:

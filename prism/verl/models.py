@@ -6,10 +6,14 @@ wrapper, which re-initialises the head on every load (integration-reference §3.
 `model_type` unchanged, so verl's Qwen3-VL patches (packed M-RoPE positions, remove-padding) still apply,
 and they load our saved discriminator *with* its warmed head or refuse to load (method-reference B5).
 
-The head is one bias-free linear on the final hidden state of every token, like `Discriminator.v_head`,
-without dropout: the discriminator update needs its training forward to reproduce the scores it was
-computed from (and verl sets `classifier_dropout=0` anyway). It is called `score`, not `v_head`, because
-verl takes any module with a `v_head` attribute for a trl wrapper and reads the wrong output.
+The head is `Discriminator.v_head`: dropout, then one bias-free linear, on the final hidden state of every
+token. The dropout is the warmup's (discriminator.json; the reference's 0.1 for the authors' release), not
+the config's `classifier_dropout`, which verl zeroes. verl's engine runs the update's forward in train
+mode and the scoring in eval mode, so, as in the reference and the CPU engine, rollouts are scored
+without dropout and the update's scores are dropped out; the update's coefficients are those of the
+eval-mode scores (`prism.verl.align_batch.surrogate_coefficients`). The head is called `score`, not
+`v_head`, because verl takes any module with a `v_head` attribute for a trl wrapper and reads the wrong
+output.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from transformers.modeling_outputs import TokenClassifierOutput
 from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLModel, Qwen3VLPreTrainedModel
 from transformers.models.qwen3_vl_moe.modeling_qwen3_vl_moe import Qwen3VLMoeModel, Qwen3VLMoePreTrainedModel
 
-from prism.discriminator.model import HEAD_KEY, DiscriminatorError, find_head
+from prism.discriminator.model import HEAD_KEY, DiscriminatorError, find_head, head_dropout
 
 
 class _DiscriminatorForTokenClassification:
@@ -37,12 +41,13 @@ class _DiscriminatorForTokenClassification:
     def __init__(self, config):
         super().__init__(config)
         self.model = self.backbone_class(config)
+        self.dropout = nn.Dropout(0.1)  # the saved discriminator's own, set by from_pretrained
         self.score = nn.Linear(config.text_config.hidden_size, 1, bias=False)
         self.post_init()
 
     def forward(self, **inputs) -> TokenClassifierOutput:
         """Backbone inputs (ids, positions, mask, pixel values, ...) -> per-token logits."""
-        return TokenClassifierOutput(logits=self.score(self.model(**inputs)[0]))
+        return TokenClassifierOutput(logits=self.score(self.dropout(self.model(**inputs)[0])))
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
@@ -58,6 +63,7 @@ class _DiscriminatorForTokenClassification:
             )
         with torch.no_grad():
             model.score.weight.copy_(head)
+        model.dropout.p = head_dropout(path)
         return model
 
 
