@@ -36,10 +36,29 @@ rule fetch_dataset:
         " --out $(dirname {output.manifest}) > {log} 2>&1"
 
 
+def prepare_spec(dataset: str) -> dict:
+    """The align set's teachers are length-checked with every policy's tokenizer (method-reference B6)."""
+    if dataset != "align":
+        return {}
+    tokenizers = [f"{INPUTS}/models/{policy.model}" for policy in CFG.policies]
+    return {
+        "teacher_tokens": {
+            "max_tokens": CFG.align.max_response_length,
+            "tokenizer_dirs": sorted(set(tokenizers)),
+        }
+    }
+
+
+def tokenizer_manifests(spec: dict) -> list[str]:
+    dirs = spec.get("teacher_tokens", {}).get("tokenizer_dirs", [])
+    return [f"{path}/{MANIFEST}" for path in dirs]
+
+
 rule prepare_dataset:
     """A fetched set checked row by row and written as its stage reads it; rejected rows are counted by reason."""
     input:
         raw=f"{INPUTS}/datasets/{{dataset}}/{MANIFEST}",
+        tokenizers=lambda wc: tokenizer_manifests(prepare_spec(wc.dataset)),
     output:
         manifest=f"{RESULTS}/data/{{dataset}}/{MANIFEST}",
     log:
@@ -52,7 +71,7 @@ rule prepare_dataset:
     resources:
         **cpu_resources(CFG.data.resources),
     params:
-        spec=as_arg({}),
+        spec=lambda wc: as_arg(prepare_spec(wc.dataset)),
         settings=not_compared(
             as_arg({"max_rejected_fraction": CFG.data.max_rejected_fraction})
         ),

@@ -15,9 +15,10 @@ from prism.data.__main__ import verl_row
 from prism.data.formats import ALIGN_COLUMNS, RL_COLUMNS, read_parquet_rows, read_sft_examples
 
 
-def prepare(name, raw, out, max_rejected_fraction=0.5) -> subprocess.CompletedProcess:
+def prepare(name, raw, out, max_rejected_fraction=0.5, spec=None) -> subprocess.CompletedProcess:
     settings = json.dumps({"max_rejected_fraction": max_rejected_fraction})
-    command = ["-m", "prism.data", "prepare", "--name", name, "--config", "{}", "--settings", settings]
+    command = ["-m", "prism.data", "prepare", "--name", name, "--config", json.dumps(spec or {})]
+    command += ["--settings", settings]
     command += ["--raw", str(raw)]
     return subprocess.run(
         [sys.executable, *command, "--out", str(out)], capture_output=True, text=True, timeout=120
@@ -102,6 +103,33 @@ def test_alignment_rows_need_both_teacher_segments_and_the_columns(tmp_path):
     result = prepare("align", tmp_path / "plain", tmp_path / "align2")
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "missing columns ['teacher_caption', 'teacher_cot']" in result.stderr
+
+
+def test_teachers_longer_than_the_response_budget_are_left_out_and_counted(tmp_path, tiny_dir):
+    """The reference's length check on caption + reasoning measured the batch dimension (B6): here the
+    policy's tokens are counted, and a teacher over max_response_length is left out, never truncated."""
+    from transformers import AutoTokenizer
+
+    rows = [teacher_row(example, i) for i, example in enumerate(synthetic.examples(6, 0))]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
+
+    def tokens(row):
+        texts = [row["teacher_caption"], row["teacher_cot"]]
+        return sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
+
+    limit = max(tokens(row) for row in rows)
+    rows[2]["teacher_cot"] += " and so on" * 20
+    assert tokens(rows[2]) > limit >= max(tokens(row) for i, row in enumerate(rows) if i != 2)
+    fetched(tmp_path / "raw", rows)
+    spec = {"teacher_tokens": {"max_tokens": limit, "tokenizer_dirs": [str(tiny_dir)]}}
+    result = prepare("align", tmp_path / "raw", tmp_path / "align", spec=spec)
+    assert result.returncode == 0, result.stderr
+    reason = f"teacher caption + reasoning over max_response_length={limit} tokens"
+    assert f"rejected 1: {reason}" in result.stdout
+    kept = read_parquet_rows(tmp_path / "align" / "train.parquet", ALIGN_COLUMNS)
+    assert [row["teacher_cot"] for row in kept] == [row["teacher_cot"] for row in rows[:2] + rows[3:]]
+    manifest = json.loads((tmp_path / "align" / "manifest.json").read_text())
+    assert manifest["metrics"]["rejected"] == {reason: 1}
 
 
 def conversation(question: str, answer: str, images: list) -> dict:

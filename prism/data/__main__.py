@@ -245,7 +245,7 @@ def prepare_dataset(args, spec: dict, out: Path, started: float) -> None:
     if "max_rejected_fraction" not in settings:
         sys.exit('python -m prism.data prepare: --settings needs {"max_rejected_fraction": F}')
     try:
-        report = prepare(args.name, raw, out, settings["max_rejected_fraction"], spec.get("parts", []))
+        report = prepare(args.name, raw, out, settings["max_rejected_fraction"], spec)
     except InputError as err:
         sys.exit(f"preparing {args.name} from {raw} failed, no manifest written: {err}")
     rejected = report["read"] - report["kept"]

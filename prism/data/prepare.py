@@ -283,7 +283,31 @@ def prepare_warmup(raw: Path, out: Path, tally: Tally) -> dict:
     return {"file": "warmup_pairwise.jsonl"}
 
 
-def verl_row(record: dict, teacher: bool) -> dict:
+class TeacherLength:
+    """The check the reference meant to make and did not (method-reference B6): a teacher whose caption and
+    reasoning together take more than `max_tokens` tokens (the policy's response budget) under any of the
+    policies' tokenizers is a target no rollout can reach; such a row is left out and counted, never
+    truncated."""
+
+    def __init__(self, max_tokens: int, tokenizer_dirs: list[str]):
+        from transformers import AutoTokenizer
+
+        if not tokenizer_dirs:
+            raise DataError("teacher_tokens: no tokenizer to count the teacher's tokens with")
+        self.max_tokens = max_tokens
+        self.tokenizers = [AutoTokenizer.from_pretrained(path) for path in tokenizer_dirs]
+
+    def check(self, record: dict) -> None:
+        texts = [str(record["teacher_caption"]), str(record["teacher_cot"])]
+        longest = max(
+            sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
+            for tokenizer in self.tokenizers
+        )
+        if longest > self.max_tokens:
+            raise Rejected(f"teacher caption + reasoning over max_response_length={self.max_tokens} tokens")
+
+
+def verl_row(record: dict, teacher: bool, teacher_length: TeacherLength | None = None) -> dict:
     prompt = as_list(record["prompt"])
     if not any(isinstance(m, dict) and m.get("role") == "user" for m in prompt):
         raise Rejected("prompt is not a chat list with a user turn")
@@ -300,6 +324,8 @@ def verl_row(record: dict, teacher: bool) -> dict:
         for column, what in (("teacher_caption", "teacher caption"), ("teacher_cot", "teacher reasoning")):
             if not str(record.get(column) or "").strip():
                 raise Rejected(f"empty {what}")
+        if teacher_length is not None:
+            teacher_length.check(record)
     return record
 
 
@@ -310,7 +336,9 @@ def as_list(value) -> list:
     return list(value)
 
 
-def prepare_parquet(raw: Path, out: Path, tally: Tally, columns: tuple[str, ...]) -> dict:
+def prepare_parquet(
+    raw: Path, out: Path, tally: Tally, columns: tuple[str, ...], teacher_length: TeacherLength | None = None
+) -> dict:
     """The kept rows of every parquet, taken from the Arrow tables so that types survive unchanged."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -324,28 +352,37 @@ def prepare_parquet(raw: Path, out: Path, tally: Tally, columns: tuple[str, ...]
         kept = [
             i
             for i, (where, record) in enumerate(records(source, table))
-            if tally.check(where, record, lambda r: verl_row(r, teacher=columns == ALIGN_COLUMNS)) is not None
+            if tally.check(where, record, lambda r: verl_row(r, columns == ALIGN_COLUMNS, teacher_length))
+            is not None
         ]
         tables.append(table.take(kept))
     pq.write_table(pa.concat_tables(tables, promote_options="default"), out / "train.parquet")
     return {"file": "train.parquet"}
 
 
+def teacher_length(spec: dict) -> TeacherLength | None:
+    return TeacherLength(**spec["teacher_tokens"]) if "teacher_tokens" in spec else None
+
+
 PREPARERS = {
-    "sft": prepare_sft,
-    "warmup": prepare_warmup,
-    "align": lambda raw, out, tally: prepare_parquet(raw, out, tally, ALIGN_COLUMNS),
-    "rl": lambda raw, out, tally: prepare_parquet(raw, out, tally, RL_COLUMNS),
+    "sft": lambda raw, out, tally, spec: prepare_sft(raw, out, tally, spec.get("parts", [])),
+    "warmup": lambda raw, out, tally, spec: prepare_warmup(raw, out, tally),
+    "align": lambda raw, out, tally, spec: prepare_parquet(
+        raw, out, tally, ALIGN_COLUMNS, teacher_length(spec)
+    ),
+    "rl": lambda raw, out, tally, spec: prepare_parquet(raw, out, tally, RL_COLUMNS),
 }
 
 
-def prepare(name: str, raw: Path, out: Path, max_rejected_fraction: float, parts: list[str] = ()) -> dict:
-    """Write the prepared set (or, for SFT, only its `parts`) into `out` and return its report; raise
-    DataError if it is unusable."""
+def prepare(name: str, raw: Path, out: Path, max_rejected_fraction: float, spec: dict | None = None) -> dict:
+    """Write the prepared set into `out` and return its report; raise DataError if it is unusable. `spec`:
+    for SFT, the `parts` to prepare (the whole set without); for the align set, `teacher_tokens`
+    ({max_tokens, tokenizer_dirs}: the teacher segments' length check)."""
     out.mkdir(parents=True, exist_ok=True)
     tally = Tally()
-    if parts and name != "sft":
+    spec = spec or {}
+    if spec.get("parts") and name != "sft":
         raise DataError(f"only the SFT set is prepared in parts, not {name!r}")
-    facts = prepare_sft(raw, out, tally, parts) if parts else PREPARERS[name](raw, out, tally)
+    facts = PREPARERS[name](raw, out, tally, spec)
     tally.enforce(name, max_rejected_fraction)
     return {**facts, **tally.report()}
