@@ -20,9 +20,10 @@ rule align:
         launcher=not_compared(ray_launcher(CFG.align)),
         allocation=not_compared(allocation(CFG.align.resources)),
         work=lambda wc: work_dir("align", wc.policy),
+        tracking=tracking_arg(),
         code=code("align", CFG.align.engine),
     shell:
         "{params.launcher} python -m prism.align --config {params.config} --model $(dirname {input.model})"
         " --disc $(dirname {input.disc}) --data $(dirname {input.data})"
         " --out $(dirname {output.manifest}) --work {params.work} --threads {threads}"
-        " {params.allocation} > {log} 2>&1"
+        " {params.allocation} --tracking {params.tracking} > {log} 2>&1"

@@ -55,6 +55,13 @@ def not_compared(value: str):
     return lambda wildcards, resources: value
 
 
+def tracking_arg():
+    """The live-curve settings every training job logs with, and the work root its run name is taken
+    from; not compared, so watching a run differently reruns nothing.
+    """
+    return not_compared(as_arg(CFG.tracking.model_dump() | {"work_root": WORK}))
+
+
 def env(engine: str) -> str:
     """The pinned environment of a stage's engine (cpu engines share the workflow's own)."""
     return {

@@ -44,9 +44,10 @@ rule warmup_discriminator:
         config=warmup_config("moe"),
         work=work_dir("discriminator", "warmup"),
         launcher=not_compared(warmup_launcher()),
+        tracking=tracking_arg(),
         code=code("discriminator"),
     shell:
         "{params.launcher} -m prism.discriminator warmup --config {params.config}"
         " --model $(dirname {input.model})"
         " --data $(dirname {input.data}) --out $(dirname {output.manifest})"
-        " --work {params.work} --threads {threads} > {log} 2>&1"
+        " --work {params.work} --threads {threads} --tracking {params.tracking} > {log} 2>&1"

@@ -19,8 +19,10 @@ rule rl:
         launcher=not_compared(ray_launcher(CFG.rl)),
         allocation=not_compared(allocation(CFG.rl.resources)),
         work=lambda wc: work_dir("rl", wc.policy, f"{wc.init}-{wc.algo}"),
+        tracking=tracking_arg(),
         code=code("rl", CFG.rl.engine),
     shell:
         "{params.launcher} python -m prism.rl --config {params.config} --model $(dirname {input.model})"
         " --data $(dirname {input.data}) --out $(dirname {output.manifest})"
-        " --work {params.work} --threads {threads} {params.allocation} > {log} 2>&1"
+        " --work {params.work} --threads {threads} {params.allocation} --tracking {params.tracking}"
+        " > {log} 2>&1"

@@ -18,8 +18,10 @@ rule sft:
         config=as_arg(CFG.sft.stage_slice()),
         allocation=not_compared(allocation(CFG.sft.resources)),
         work=lambda wc: work_dir("sft", wc.policy),
+        tracking=tracking_arg(),
         code=code("sft", CFG.sft.engine),
     shell:
         "python -m prism.sft --config {params.config} --model $(dirname {input.model})"
         " --data $(dirname {input.data}) --out $(dirname {output.manifest})"
-        " --work {params.work} --threads {threads} {params.allocation} > {log} 2>&1"
+        " --work {params.work} --threads {threads} {params.allocation} --tracking {params.tracking}"
+        " > {log} 2>&1"

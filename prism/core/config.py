@@ -515,6 +515,28 @@ class Ablations(Strict):
         return [s for s in self.settings if s in TRAINED_ABLATIONS]
 
 
+class WandbSettings(Strict):
+    """Where W&B runs go; the API key comes from WANDB_API_KEY or `wandb login`'s cache, never from here."""
+
+    entity: str = ""  # a team or user; empty: the login's default entity
+    mode: Literal["online", "offline"] = "online"  # offline: runs kept under the job's work directory
+
+
+class Tracking(Strict):
+    """Live per-step logs of every training job: TensorBoard event files under the job's work directory,
+    W&B runs where `wandb` is listed. Changing it reruns nothing."""
+
+    backends: Annotated[list[Literal["tensorboard", "wandb"]], Field(min_length=1)] = ["tensorboard"]
+    project: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")] = "prism"
+    wandb: WandbSettings = WandbSettings()
+
+    @model_validator(mode="after")
+    def _each_backend_once(self):
+        if len(set(self.backends)) != len(self.backends):
+            raise ValueError(f"backends lists a backend twice: {self.backends}")
+        return self
+
+
 class Tables(Strict):
     paper_results: str
 
@@ -533,6 +555,7 @@ class Config(Strict):
     eval: Eval
     tables: Tables
     ablations: Ablations | None = None
+    tracking: Tracking = Tracking()
 
     @model_validator(mode="after")
     def _cross_references(self):

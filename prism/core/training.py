@@ -165,6 +165,9 @@ def stage_parser(prog: str, description: str, inputs: tuple[str, ...], optional:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--nodes", type=int, default=1, help="nodes of the job's allocation")
     parser.add_argument("--gpus-per-node", type=int, default=0, help="GPUs on each of those nodes")
+    parser.add_argument(
+        "--tracking", type=parse_slice, help="live curves: the config's tracking block and the job's run name"
+    )
     return parser
 
 
@@ -231,18 +234,27 @@ def run_stage(
 
 
 class TrainingRun:
-    """One resumable training job: state in the work directory, a metrics CSV, the manifest at the end."""
+    """One resumable training job: state in the work directory, a metrics CSV and live curves of the same
+    records (prism.core.tracking), the manifest at the end."""
 
-    def __init__(self, args, stage: str, total_steps: int, state: dict, checkpoint=None, main: bool = True):
-        """`checkpoint` defaults to torch.save of `state`; `main` is False on all but one of several ranks."""
+    def __init__(
+        self, args, stage: str, total_steps: int, state: dict, checkpoint=None, main: bool = True, curves=None
+    ):
+        """`checkpoint` defaults to torch.save of `state`; `main` is False on all but one of several ranks;
+        `curves` defaults to torch's TensorBoard writer (and W&B) as `args.tracking` says."""
+        from prism.core.tracking import Curves, job_tracking
+
         self.args, self.stage, self.total, self.state, self.main = args, stage, total_steps, state, main
         self.started = time.time()
         args.work.mkdir(parents=True, exist_ok=True)
         self.checkpoint = checkpoint or Checkpoint(args.work, every=max(1, total_steps // 4))
         self.start = self.checkpoint.load(state)
         self.log = MetricLog(args.work / "metrics.csv", total_steps)
+        self.curves = None
         if main:
             self.log.reset_after(self.start)
+            tracking = job_tracking(getattr(args, "tracking", None), args.work, stage)
+            self.curves = curves or Curves(tracking, stage, args.config)
 
     def steps(self) -> range:
         return range(self.start, self.total)
@@ -250,6 +262,7 @@ class TrainingRun:
     def record(self, step: int, **metrics) -> None:
         if self.main:
             self.log.log(step, **metrics)
+            self.curves.log(step, metrics)
         self.checkpoint.save(step, self.state)
 
     def metric(self, name: str) -> list[float]:
@@ -259,6 +272,7 @@ class TrainingRun:
         """Copy the curves beside the artifact, then write its manifest: last, by rename."""
         from prism.core.manifest import MANIFEST, write_manifest
 
+        self.curves.close()
         shutil.copy(self.args.work / "metrics.csv", self.args.out / "metrics.csv")
         inputs = [Path(d) / MANIFEST for d in self.args.inputs]
         write_manifest(

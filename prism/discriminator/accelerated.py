@@ -7,19 +7,24 @@ import json
 import shutil
 from pathlib import Path
 
+from prism.core.tracking import JobTracking, accelerate_settings
+
 DEEPSPEED_CONFIG = Path(__file__).with_name("ds_zero2.json")
 
 
-def accelerator_for(engine: str, grad_accum: int, pairs_per_process: int):
-    """The Accelerator of one warmup process. Batches are built by the training loop, not a DataLoader, so
-    DeepSpeed's micro batch (left "auto" in ds_zero2.json, which `prepare` can resolve only from a
-    DataLoader) is set here: the pairs one process scores per forward."""
+def accelerator_for(engine: str, grad_accum: int, pairs_per_process: int, tracking: JobTracking):
+    """The Accelerator of one warmup process, logging to `tracking`'s backends. Batches are built by the
+    training loop, not a DataLoader, so DeepSpeed's micro batch (left "auto" in ds_zero2.json, which
+    `prepare` can resolve only from a DataLoader) is set here: the pairs one process scores per forward."""
     from accelerate import Accelerator, DistributedDataParallelKwargs
 
     # Experts a batch never routes to get no gradient: DDP must not wait for them.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
     accelerator = Accelerator(
-        cpu=engine == "cpu", gradient_accumulation_steps=grad_accum, kwargs_handlers=[ddp]
+        cpu=engine == "cpu",
+        gradient_accumulation_steps=grad_accum,
+        kwargs_handlers=[ddp],
+        **accelerate_settings(tracking),
     )
     deepspeed = accelerator.state.deepspeed_plugin
     if deepspeed is not None:

@@ -13,6 +13,7 @@ from prism.core.errors import InputError
 from prism.core.losses import bradley_terry
 from prism.core.manifest import MANIFEST, write_manifest
 from prism.core.modeling import cap_image_pixels, load_model, load_processor, model_config, save_processor
+from prism.core.tracking import AcceleratedCurves, job_tracking
 from prism.core.training import TrainingRun, epoch_batch, optimizer_and_schedule, setup
 from prism.data import synthetic
 from prism.discriminator.accelerated import AcceleratedCheckpoint, accelerator_for
@@ -112,7 +113,8 @@ def warmup_stage(args) -> None:
             f"{args.model}: a dense model (its text_config has no experts), but the warmup trains the "
             "upcycled MoE discriminator; point --model at the upcycle stage's output"
         )
-    accelerator = accelerator_for(cfg["engine"], cfg["grad_accum"], cfg["batch_size"])
+    tracking = job_tracking(getattr(args, "tracking", None), args.work, "warmup_discriminator")
+    accelerator = accelerator_for(cfg["engine"], cfg["grad_accum"], cfg["batch_size"], tracking)
     world, rank = accelerator.num_processes, accelerator.process_index
     setup(max(1, args.threads // world), cfg["seed"])  # the job's CPUs, shared by its processes
     data = WarmupLines(args.data / "warmup_pairwise.jsonl")
@@ -149,7 +151,9 @@ def warmup_stage(args) -> None:
     before = heldout_before(
         accelerator, checkpoint, args.work, disc, processor, data, heldout, cfg, sees_images
     )
-    run = TrainingRun(args, "warmup_discriminator", total, {}, checkpoint, main=accelerator.is_main_process)
+    main = accelerator.is_main_process
+    curves = AcceleratedCurves(accelerator, tracking, "warmup", args.config) if main else None
+    run = TrainingRun(args, "warmup_discriminator", total, {}, checkpoint, main=main, curves=curves)
     disc.train()
     for step in run.steps():
         for micro in range(cfg["grad_accum"]):

@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from prism.core.manifest import MANIFEST, write_manifest
+from prism.core.tracking import job_tracking, llamafactory_environment, llamafactory_settings
 from prism.core.training import write_curves
 from prism.data.prepare import SFT_DATASET
 
@@ -61,7 +62,7 @@ def training_yaml(cfg: dict, model: Path, data: Path, output_dir: Path, resume: 
         "save_only_model": False,  # optimizer and schedule state too, or a rerun could not resume
         "overwrite_output_dir": False,
         "plot_loss": True,
-        "report_to": "none",
+        "report_to": "none",  # the job's trackers replace it (prism.core.tracking)
         "per_device_train_batch_size": cfg["batch_size"],
         "gradient_accumulation_steps": cfg["grad_accum"],
         "learning_rate": cfg["lr"],
@@ -150,11 +151,14 @@ def run(args) -> None:
             if not (partial / "trainer_state.json").is_file():
                 shutil.rmtree(partial)
         settings = training_yaml(cfg, args.model.resolve(), args.data.resolve(), output_dir, resume)
+        tracking = job_tracking(args.tracking, args.work, "sft")
+        settings |= llamafactory_settings(tracking)
         config_file.write_text(yaml.safe_dump(settings, sort_keys=False))
         print(f"sft: LLaMA-Factory {'from ' + resume.name if resume else 'from the start'}", flush=True)
         command, env = launch(
             config_file, args.nodes, args.gpus_per_node, datasets_cache=args.work / "datasets"
         )
+        env |= llamafactory_environment(tracking)
         returncode = subprocess.run(command, env=env).returncode
         if returncode or not (output_dir / FINISHED).is_file():
             saved = latest_checkpoint(output_dir)

@@ -36,8 +36,9 @@ RAY_ENV = "+ray_kwargs.ray_init.runtime_env.env_vars."
 
 @dataclass(frozen=True)
 class TrainerJob:
-    """Where one verl run reads and writes (absolute paths: verl runs in the work directory), and the
-    shape of the allocation it runs on."""
+    """Where one verl run reads and writes (absolute paths: verl runs in the work directory), the shape of
+    the allocation it runs on, and the trackers it logs its steps to besides its console and step file
+    (config `tracking`; their directories travel in the Ray job's environment: prism.verl.run)."""
 
     model: Path
     data: Path
@@ -45,6 +46,8 @@ class TrainerJob:
     experiment: str
     nodes: int
     gpus_per_node: int
+    trackers: tuple[str, ...] = ("tensorboard",)
+    project: str = "prism"
 
 
 def hydra_value(value) -> str:
@@ -129,9 +132,9 @@ def trainer_settings(cfg: dict, job: TrainerJob) -> dict:
         "trainer.n_gpus_per_node": job.gpus_per_node,
         "trainer.total_training_steps": cfg["steps"],
         "trainer.total_epochs": cfg["steps"],  # an upper bound: the step count ends training
-        "trainer.project_name": "prism",
+        "trainer.project_name": job.project,
         "trainer.experiment_name": job.experiment,
-        "trainer.logger": ["console", "file"],
+        "trainer.logger": ["console", "file", *job.trackers],
         "trainer.val_before_train": False,
         "trainer.test_freq": -1,
         "trainer.save_freq": verl["save_freq"],

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from prism.core.tracking import job_tracking, verl_environment
 from prism.core.training import write_curves
 from prism.verl.command import RAY_ENV, TrainerJob, as_overrides
 
@@ -55,14 +56,18 @@ def step_metrics(log_files: list[Path]) -> dict[int, dict]:
 
 
 def trainer_job(args, experiment: str) -> TrainerJob:
-    """A stage's verl run from its command-line arguments; data is the input named `data`."""
+    """A stage's verl run from its command-line arguments; data is the input named `data`. The experiment
+    is the job's run name where the rule gives one (`--tracking`), else `experiment`."""
+    tracking = job_tracking(getattr(args, "tracking", None), args.work, experiment)
     return TrainerJob(
         model=args.model.resolve(),
         data=args.data.resolve(),
         checkpoints=(args.work / "checkpoints").resolve(),
-        experiment=experiment,
+        experiment=tracking.run,
         nodes=args.nodes,
         gpus_per_node=args.gpus_per_node,
+        trackers=tracking.backends,
+        project=tracking.project,
     )
 
 
@@ -75,16 +80,19 @@ def export_actor(actor: Path, out: Path) -> None:
     )
 
 
-def train(entry: list[str], overrides: list[str], work: Path) -> int:
-    """One attempt, run in the work directory (where Hydra's output folders land) with its own step log:
-    verl's file logger truncates the file it opens. The logger lives in verl's TaskRunner actor, so its
-    path travels in the Ray job's environment, not the driver's."""
+def train(entry: list[str], overrides: list[str], work: Path, tracking: dict | None) -> int:
+    """One attempt, run in the work directory (where Hydra's output folders land) with its own step log
+    (verl's file logger truncates the file it opens) and its own TensorBoard or W&B run. The loggers live
+    in verl's TaskRunner actor, so their paths travel in the Ray job's environment, not the driver's."""
     work.mkdir(parents=True, exist_ok=True)
     attempt = len(list(work.glob("steps-*.jsonl"))) + 1
     log_file = work.resolve() / f"steps-{attempt:03d}.jsonl"
-    logger = f"{RAY_ENV}VERL_FILE_LOGGER_PATH={log_file}"
+    trackers = verl_environment(job_tracking(tracking, work, ""))
+    loggers = [
+        f"{RAY_ENV}{name}={value}" for name, value in {"VERL_FILE_LOGGER_PATH": log_file, **trackers}.items()
+    ]
     env = os.environ | {"HYDRA_FULL_ERROR": "1"}
-    return subprocess.run([sys.executable, *entry, *overrides, logger], env=env, cwd=work).returncode
+    return subprocess.run([sys.executable, *entry, *overrides, *loggers], env=env, cwd=work).returncode
 
 
 def run_verl(args, stage: str, entry: list[str], settings: dict, config_name: str, config_dir=None) -> None:
@@ -102,7 +110,10 @@ def run_verl(args, stage: str, entry: list[str], settings: dict, config_name: st
     resumed_from, total = last_saved_step(checkpoints), settings["trainer.total_training_steps"]
     # An attempt that trained to the end but failed afterwards leaves only the export to do.
     print(f"{stage}: verl from saved step {resumed_from} of {total}", flush=True)
-    if resumed_from < total and (returncode := train(entry, overrides, args.work)) != 0:
+    if (
+        resumed_from < total
+        and (returncode := train(entry, overrides, args.work, getattr(args, "tracking", None))) != 0
+    ):
         sys.exit(
             f"{stage}: verl exited with status {returncode} after saving step "
             f"{last_saved_step(checkpoints)} of {total}; rerun the job to resume from there ({checkpoints})"
