@@ -19,6 +19,7 @@ output.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -47,7 +48,50 @@ class _DiscriminatorForTokenClassification:
 
     def forward(self, **inputs) -> TokenClassifierOutput:
         """Backbone inputs (ids, positions, mask, pixel values, ...) -> per-token logits."""
-        return TokenClassifierOutput(logits=self.score(self.dropout(self.model(**inputs)[0])))
+        if inputs.get("pixel_values") is None or inputs.get("pixel_values_videos") is not None:
+            hidden = self.model(**inputs)[0]
+        else:
+            hidden = self._hidden_states_encoding_each_image_once(**inputs)
+        return TokenClassifierOutput(logits=self.score(self.dropout(hidden)))
+
+    def _hidden_states_encoding_each_image_once(
+        self, input_ids, pixel_values, image_grid_thw, position_ids=None, mm_token_type_ids=None, **inputs
+    ) -> torch.Tensor:
+        """The backbone's forward (transformers' Qwen3-VL one, as verl's patch of it also runs it) with the
+        vision tower run once per distinct image: every discriminator row of a prompt carries its own copy
+        of the prompt's image, so a micro-batch holds each image many times. The language model gets the
+        same inputs (embeddings with the image features in place, deepstack features, positions)."""
+        backbone = self.model
+        distinct, inverse = distinct_images(pixel_values, image_grid_thw)
+        features = backbone.get_image_features(pixel_values[distinct.pixels], distinct.grid, return_dict=True)
+        per_image = features.pooler_output
+        counts = [len(embeds) for embeds in per_image]
+        image_embeds = torch.cat([per_image[d] for d in inverse])
+        deepstack = [
+            torch.cat([level.split(counts)[d] for d in inverse]) for level in features.deepstack_features
+        ]
+        embeds = backbone.get_input_embeddings()(input_ids)
+        image_embeds = image_embeds.to(embeds.device, embeds.dtype)
+        image_mask, _ = backbone.get_placeholder_mask(
+            input_ids, inputs_embeds=embeds, image_features=image_embeds
+        )
+        embeds = embeds.masked_scatter(image_mask, image_embeds)
+        if position_ids is None:
+            position_ids = backbone.compute_3d_position_ids(
+                input_ids=input_ids,
+                inputs_embeds=embeds,
+                image_grid_thw=image_grid_thw,
+                attention_mask=inputs.get("attention_mask"),
+                mm_token_type_ids=mm_token_type_ids,
+            )
+        return backbone.language_model(
+            input_ids=None,
+            inputs_embeds=embeds,
+            position_ids=position_ids,
+            visual_pos_masks=image_mask[..., 0],
+            deepstack_visual_embeds=deepstack,
+            **inputs,
+        )[0]
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
@@ -65,6 +109,36 @@ class _DiscriminatorForTokenClassification:
             model.score.weight.copy_(head)
         model.dropout.p = head_dropout(path)
         return model
+
+
+class DistinctImages(NamedTuple):
+    pixels: torch.Tensor  # (rows,) the pixel rows of the distinct images, in the order of `grid`
+    grid: torch.Tensor  # (distinct, 3)
+
+
+def distinct_images(
+    pixel_values: torch.Tensor, image_grid_thw: torch.Tensor
+) -> tuple[DistinctImages, list[int]]:
+    """The distinct images among a batch's (pixel rows of each image, one after the other; its grid), and
+    for each image the index of its distinct one."""
+    sizes = image_grid_thw.prod(-1).tolist()
+    starts = [0, *torch.tensor(sizes).cumsum(0).tolist()]
+    images = pixel_values.split(sizes)
+    kept: list[int] = []
+    inverse = []
+    for i, image in enumerate(images):
+        same = (
+            d
+            for d, k in enumerate(kept)
+            if torch.equal(image_grid_thw[k], image_grid_thw[i]) and torch.equal(images[k], image)
+        )
+        found = next(same, None)
+        if found is None:
+            kept.append(i)
+            found = len(kept) - 1
+        inverse.append(found)
+    rows = torch.cat([torch.arange(starts[k], starts[k + 1]) for k in kept]).to(pixel_values.device)
+    return DistinctImages(rows, image_grid_thw[kept]), inverse
 
 
 class PrismQwen3VLMoeForTokenClassification(_DiscriminatorForTokenClassification, Qwen3VLMoePreTrainedModel):
