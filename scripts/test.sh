@@ -11,4 +11,4 @@ ruff format --check prism tests benchmarks
 snakefmt --check Snakefile rules
 snakemake --lint
 python scripts/check_envs.py # every envs/*.yaml resolves as Snakemake + conda would install it
-pytest -q "$@"
+pytest -q --durations=25 "$@" # the slowest tests, to keep CI time in view
