@@ -451,3 +451,36 @@ def test_the_trainer_reads_each_rows_score_back_whatever_order_it_sent_them_in(m
     assert scores.tolist() == [100.0 + i for i in range(len(rows))]
     assert sent != sorted(sent) and len(sent) == 9  # balanced over 3 ranks, padded to a multiple of 3
     assert not queue.store  # the partition is cleared after reading
+
+
+def test_no_valid_pair_logs_no_placeholder_accuracy():
+    """B13: with every rollout off format (or cut by the length budget), the update logs only its pair
+    count, 0, and leaves the discriminator alone; the reference logged an accuracy of 0.92."""
+    from types import SimpleNamespace
+
+    from prism.verl import align_trainer
+
+    trainer = align_trainer.PrismAlignTrainer.__new__(align_trainer.PrismAlignTrainer)
+    trainer.prism = SimpleNamespace(score_clip=10.0, score_reg_coef=1e-3)
+    trainer._discriminator_step = lambda rows, coefficients: pytest.fail(
+        "no pair, yet the discriminator trained"
+    )
+    four = torch.zeros(4)
+    trainer.scored = align_trainer.ScoredRollouts(
+        rollout_index=[0, 1, 2, 3],
+        response_masks=[],
+        group=torch.tensor([0, 0, 1, 1]),
+        valid=torch.tensor([False, True, False, False]),
+        truncated=torch.tensor([False, True, False, False]),
+        caption=four,
+        reasoning=four,
+        teacher_caption=torch.zeros(2),
+        teacher_reasoning=torch.zeros(2),
+        caption_rows={},
+        reasoning_rows={},
+        teacher_caption_rows=[],
+        teacher_reasoning_rows=[],
+    )
+    metrics, batch = {}, object()
+    assert trainer._update_critic(batch, metrics) is batch
+    assert metrics == {"prism/disc/pairs": 0.0}

@@ -64,6 +64,16 @@ CASES = [
     ("percent", reply("45%"), "45", 1.0),
     ("wrong value, same unit", reply("5 kg"), "6 kg", 0.2),
     ("latex text unit", reply("\\text{3 cm}"), "3 cm", 1.0),
+    ("millilitres", reply("20 mL"), "20", 1.0),
+    ("a speed", reply("10 m/s"), "10", 1.0),
+    ("an area", reply("8 cm^2"), "8", 1.0),
+    ("an area in latex", reply("8 \\text{cm}^2"), "8", 1.0),
+    ("unit case", reply("20 ML"), "20 ml", 1.0),
+    ("yuan", reply("12元"), "12", 1.0),
+    ("centimetres in Chinese", reply("5 厘米"), "5", 1.0),
+    ("wrong count in Chinese", reply("7个"), "8", 0.2),
+    ("coordinates as decimals", reply("(1, 2)"), "(1.0, 2.0)", 1.0),
+    ("coordinates swapped", reply("(2, 1)"), "(1, 2)", 0.2),
     # Words.
     ("case", reply("Red"), "red", 1.0),
     ("markdown bold", reply("**blue**"), "blue", 1.0),
@@ -99,3 +109,14 @@ def test_same_scores_from_worker_threads():
     with ThreadPoolExecutor(max_workers=4) as pool:
         in_threads = list(pool.map(lambda a: compute_score(*a), args))
     assert in_threads == in_main
+
+
+@pytest.mark.parametrize(
+    ("answer", "truth"),
+    [("12元", "12"), ("3米", "3"), ("5 厘米", "5"), ("2.5千克", "2.5"), ("20 mL", "20"), ("10 m/s", "10")],
+)
+def test_units_of_the_reference_list_pass_by_rule_without_math_verify(monkeypatch, answer, truth):
+    """The reference strips its 30+ English and Chinese units before the numeric check (§4.3); the
+    math-verify fallback must not be what accepts them."""
+    monkeypatch.setattr("prism.core.reward._math_verify", lambda prediction, truth: False)
+    assert compute_score("mm_gad", reply(answer), truth, {})["score"] == 1.0

@@ -32,7 +32,7 @@ JOB = TrainerJob(
 PUBLISHED = {
     "grpo": ("vanilla", "token-mean", 0.2, 0.2, 3.0, 0.01, 0, False, "naive"),
     "dapo": ("vanilla", "token-mean", 0.2, 0.28, 10.0, 0.1, 10, True, "dapo"),
-    "gspo": ("gspo", "seq-mean-token-mean", 3e-4, 4e-4, 3.0, 0.1, 75, False, "naive"),
+    "gspo": ("gspo", "seq-mean-token-mean", 3e-4, 4e-4, 3.0, 0.1, 0, False, "naive"),
 }
 
 
@@ -66,6 +66,7 @@ def test_verl_runs_each_algorithm_as_published(paper_config, algo):
     assert (actor.policy_loss.loss_mode, actor.loss_agg_mode) == (loss_mode, agg)
     assert (actor.clip_ratio_low, actor.clip_ratio_high, actor.clip_ratio_c) == (low, high, clip_c)
     assert (actor.optim.lr, actor.optim.weight_decay, actor.optim.lr_warmup_steps) == (1e-6, decay, warmup)
+    assert actor.optim.lr_warmup_steps_ratio == (0.05 if algo == "gspo" else 0.0)  # 75 of 1500 steps
     assert actor.optim.clip_grad == 1.0 and actor.ppo_mini_batch_size == 32
     assert not actor.use_kl_loss and not config.algorithm.use_kl_in_reward
     assert (config.data.train_batch_size, rollout.n, rollout.temperature) == (32, 16, 1.0)

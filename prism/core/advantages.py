@@ -8,7 +8,8 @@ EPS = 1e-6
 
 
 def group_normalize(values: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
-    """GN(x): (x - mean_g) / (std_g + eps) per prompt group, unbiased std; a singleton group -> 0."""
+    """GN(x): (x - mean_g) / (std_g + eps) per prompt group, unbiased std; a singleton group has mean 0
+    and std 1, so it gives x / (1 + eps), as the reference does."""
     out = torch.zeros_like(values, dtype=torch.float32)
     for g in group.unique():
         members = group == g

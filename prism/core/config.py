@@ -338,6 +338,8 @@ class AlgorithmSettings(Strict):
     clip_ratio_c: PositiveFloat
     weight_decay: Annotated[float, Field(ge=0)]
     lr_warmup_steps: Annotated[int, Field(ge=0)]
+    # where lr_warmup_steps is 0, a fraction of the steps warms up instead (GSPO's script: 0.05), as verl does
+    lr_warmup_steps_ratio: Fraction = 0.0
     dynamic_sampling: DynamicSampling
     overlong_buffer: OverlongBuffer
     # verl's per-GPU token budgets where an algorithm's script raises them (None: the stage's verl.*)

@@ -15,7 +15,20 @@ MAX_ANSWER_CHARS = 1024
 # math-verify warns on every call made without its signal timeouts, which we disable on purpose.
 logging.getLogger("math_verify").setLevel(logging.ERROR)
 _MCQ_GT = re.compile(r"^\(?([A-H])\)?(?:[.)]\s*.*|\s+.*)?$", re.DOTALL)
-_UNITS = ("°", "%", "cm", "mm", "km", "m", "kg", "g", "s", "degrees", "degree", "units", "unit")
+# The reference's units (mm_gad_no_llm's list, English and Chinese) and, beyond it, the bare SI letters and
+# units written with an exponent or a ratio (cm^2, m/s, km/h), which its list scores as wrong answers.
+_UNIT_WORDS = (
+    "°C", "°F", "°", "%", "meters?", "metres?", "cm", "mm", "km", "dm", "m", "inch(?:es)?", "ft", "feet",
+    "kg", "mg", "g", "lbs?", "pounds?", "seconds?", "sec", "s", "minutes?", "min", "hours?", "hr", "h",
+    "days?", "years?", "plates?", "pieces?", "items?", "people", "persons?", "students?", "times?",
+    "degrees?", "units?", "ml", "liters?", "litres?", "l",
+    "元", "米", "厘米", "毫米", "分米", "千米", "公里", "千克", "克", "吨", "度", "个", "条", "张", "块",
+    "人", "次", "秒", "分钟", "小时", "天", "年", "岁", "只", "本", "辆", "倍",
+)  # fmt: skip
+_UNIT = rf"(?:{'|'.join(sorted(_UNIT_WORDS, key=len, reverse=True))})(?:\^\{{?[23]\}}?|[²³])?"
+# A unit closes the answer and follows a digit; case is ignored, as in the reference.
+_UNIT_PATTERN = re.compile(rf"(?<=\d)\s*({_UNIT}(?:\s*/\s*{_UNIT})?)\s*$", re.IGNORECASE)
+_COORDINATE = re.compile(r"\(?\s*([-+]?\d+(?:\.\d+)?)\s*,\s*([-+]?\d+(?:\.\d+)?)\s*\)?")
 _LATEX_WRAPPERS = (("$$", "$$"), ("$", "$"), (r"\(", r"\)"), (r"\[", r"\]"))
 
 
@@ -38,10 +51,16 @@ def _normalise_words(text: str) -> str:
 
 
 def _strip_unit(text: str) -> tuple[str, str]:
-    for unit in sorted(_UNITS, key=len, reverse=True):
-        if text.endswith(unit) and re.search(r"\d\s*$", text[: -len(unit)]):
-            return text[: -len(unit)].strip(), unit
-    return text, ""
+    """(text without its trailing unit, the unit in lower case without spaces); ("", "") parts if none."""
+    match = _UNIT_PATTERN.search(text)
+    if match is None:
+        return text, ""
+    return text[: match.start()].strip(), re.sub(r"\s+", "", match.group(1)).lower()
+
+
+def _coordinates(text: str) -> list[tuple[float, float]] | None:
+    pairs = [(float(x), float(y)) for x, y in _COORDINATE.findall(text)]
+    return pairs or None
 
 
 def _as_number(text: str) -> float | None:
@@ -91,6 +110,13 @@ def _split_values(text: str) -> list[str]:
 
 def _single_match(prediction: str, truth: str) -> bool:
     pred, gt = _strip_latex(prediction), _strip_latex(truth)
+    pred_points, gt_points = _coordinates(pred), _coordinates(gt)
+    if pred_points and gt_points:  # (x, y) pairs, elementwise to 1e-6, as the reference checks first
+        return len(pred_points) == len(gt_points) and all(
+            abs(p - g) <= 1e-6
+            for pp, gp in zip(pred_points, gt_points, strict=True)
+            for p, g in zip(pp, gp, strict=True)
+        )
     mcq = _MCQ_GT.match(gt)
     if mcq and len(gt) <= 2 or (mcq and re.match(r"^\(?[A-H][.)]", gt)):
         return _mcq_letter(pred) == mcq.group(1)
@@ -104,7 +130,8 @@ def _single_match(prediction: str, truth: str) -> bool:
     if _normalise_words(pred) == _normalise_words(gt):
         return True
     (pred_bare, pred_unit), (gt_bare, gt_unit) = _strip_unit(pred), _strip_unit(gt)
-    return bool(pred_unit and gt_unit) and pred_unit == gt_unit and pred_bare == gt_bare
+    same_bare = bool(pred_bare) and _normalise_words(pred_bare) == _normalise_words(gt_bare)
+    return same_bare and pred_unit == gt_unit
 
 
 def _math_verify(prediction: str, truth: str) -> bool:

@@ -56,7 +56,9 @@ def run(args) -> None:
     optimizer = torch.optim.AdamW(
         [p for p in policy.parameters() if p.requires_grad], lr=cfg["lr"], weight_decay=algo["weight_decay"]
     )
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg["steps"], algo["lr_warmup_steps"]))
+    # as verl's FSDP engine: the ratio of the steps where no warmup step count is given
+    warmup = algo["lr_warmup_steps"] or int(algo["lr_warmup_steps_ratio"] * cfg["steps"])
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg["steps"], warmup))
     loss_config = actor_config(
         algo["loss_mode"],
         algo["loss_agg_mode"],

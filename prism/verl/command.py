@@ -157,6 +157,7 @@ def rl_settings(cfg: dict, job: TrainerJob) -> dict:
     settings = policy_settings(cfg, job, cfg["lr"], algo["weight_decay"])
     settings |= {
         "actor_rollout_ref.actor.optim.lr_warmup_steps": algo["lr_warmup_steps"],
+        "actor_rollout_ref.actor.optim.lr_warmup_steps_ratio": algo["lr_warmup_steps_ratio"],
         "actor_rollout_ref.actor.policy_loss.loss_mode": algo["loss_mode"],
         "actor_rollout_ref.actor.loss_agg_mode": algo["loss_agg_mode"],
         "actor_rollout_ref.actor.clip_ratio_low": algo["clip_ratio_low"],
