@@ -7,7 +7,7 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 . .venv/bin/activate
-if ! python -c "import prism, verl, snakemake, snakemake_executor_plugin_slurm_jobstep" 2>/dev/null; then
+if ! python -c "import prism, verl, snakemake, snakemake_executor_plugin_slurm_jobstep, matplotlib" 2>/dev/null; then
   pins=$(mktemp)
   trap 'rm -f "$pins"' EXIT
   # CPU substitution: torchvision 0.28's operators need the CUDA build of torch 2.13 and fail to load

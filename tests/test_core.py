@@ -107,3 +107,37 @@ def test_alignment_discriminator_loss_clips_scores_and_regularises():
     assert out["caption_acc"].item() == 1.0
     out["loss"].backward()
     assert high.grad.abs().sum() == 0  # beyond the clip there is no gradient
+
+
+def test_captions_are_scored_against_the_scene_the_generator_drew():
+    from prism.data.synthetic import Scene, caption_score
+    from prism.eval.cpu import perception
+
+    truth = Scene((0, 2), "red", "circle").truth()
+    assert caption_score("<caption>\n- two red circles\n</caption>", truth) == 1.0
+    assert caption_score("<caption>\n- two blue circles\n</caption>", truth) == pytest.approx(2 / 3)
+    assert caption_score("<caption>\n- one red circle\n</caption>", truth) == pytest.approx(2 / 3)
+    assert caption_score("<caption>\n- three green squares\n</caption>", truth) == 0.0
+    assert caption_score("<caption>\nred things\n</caption>", truth) == 0.0
+    assert perception(format_response("- two red circles", "I count 2 shapes.", "2"), truth) == 1.0
+    assert perception("- two red circles", truth) == 0.0  # off the format: no caption to score
+
+
+def test_benchmarks_grade_difficulty_and_leave_the_training_images_as_they_were():
+    from dataclasses import replace
+
+    from prism.data.synthetic import COLOURS, LEVELS, examples, graded_examples
+
+    plain, graded = examples(8, 3, ("count",)), graded_examples(8, 3, ("count",))
+    assert [e.scene.level for e in graded] == list(range(LEVELS)) * 2
+    assert [(e.question, e.answer) for e in graded] == [(e.question, e.answer) for e in plain]
+    assert graded[0].scene.image().tobytes() == plain[0].scene.image().tobytes()
+
+    def shape_pixels(scene):
+        return sum(pixel == COLOURS[scene.colour] for pixel in scene.image().getdata())
+
+    # from level 1 on, no pixel keeps the clean colour, and speckles cover more of the image each level
+    assert shape_pixels(plain[1].scene) > 0 and shape_pixels(graded[1].scene) == 0
+    scenes = [replace(graded[0].scene, level=level) for level in range(LEVELS)]
+    white = [sum(p == (255, 255, 255) for p in scene.image().getdata()) for scene in scenes]
+    assert white == sorted(white, reverse=True) and len(set(white)) == LEVELS

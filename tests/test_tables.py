@@ -10,6 +10,7 @@ import pytest
 from conftest import ROOT
 from prism.core.manifest import write_manifest
 from prism.tables.__main__ import main
+from prism.tables.ablations import main as ablations_main
 
 SVG = "{http://www.w3.org/2000/svg}"
 POLICY = {"name": "qwen3-vl-4b", "model": "qwen3-vl-4b", "paper_name": "Qwen3-VL-4B"}
@@ -83,16 +84,58 @@ def test_each_cell_beside_the_paper_with_the_difference(built):
     assert versus["prism-grpo", "HallusionBench"]["ours"] == "" and versus["prism-grpo", "Avg"]["diff"] == ""
 
 
+def drawn(path, prefix):
+    """The ids of what a matplotlib chart drew (bars, error bars, lines) that start with `prefix`."""
+    return [
+        g.get("id") for g in ET.parse(path).getroot().iter(f"{SVG}g") if g.get("id", "").startswith(prefix)
+    ]
+
+
 def test_charts_draw_every_score_and_every_training_curve(built):
     out, _ = built
-    chart = ET.parse(out / "ours_vs_paper_qwen3-vl-4b.svg").getroot()
-    bars = [r for r in chart.iter(f"{SVG}rect") if r.find(f"{SVG}title") is not None]
-    ours = sum("(ours)" in r.find(f"{SVG}title").text for r in bars)
-    assert ours == 5 + 1  # five scores and sft's Avg; prism-grpo's Avg is missing
-    assert len(bars) - ours == 2 * 4  # the paper has every cell of both rows
-    assert len(list(ET.parse(out / "curves_rl.svg").getroot().iter(f"{SVG}polyline"))) == 1
-    assert len(list(ET.parse(out / "curves_sft.svg").getroot().iter(f"{SVG}polyline"))) == 1
+    chart = out / "ours_vs_paper_qwen3-vl-4b.svg"
+    assert len(drawn(chart, "ours ")) == 5 + 1  # five scores and sft's Avg; prism-grpo's Avg is missing
+    assert "ours sft Avg 63.0" in drawn(chart, "ours ")
+    assert len(drawn(chart, "paper ")) == 2 * 4  # the paper has every cell of both rows
+    assert drawn(chart, "ci ") == []  # these records keep no samples to draw intervals from
+    assert drawn(out / "curves_rl.svg", "curve ") == ["curve rl/qwen3-vl-4b/prism-grpo reward"]
+    assert len(drawn(out / "curves_sft.svg", "curve ")) == 1
     assert "no curve recorded" in (out / "curves_align.svg").read_text()
+
+
+def write_record(root, variant, benchmark, acc, perception):
+    path = root / POLICY["name"] / variant / f"{benchmark}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    samples = {"acc": acc, "perception": perception}
+    path.write_text(json.dumps({"score": 100 * sum(acc) / len(acc), "samples": samples}))
+
+
+def test_intervals_over_samples_perception_beside_reasoning_and_paired_differences(tmp_path):
+    # 100 items per benchmark; prism answers 10 more right than sft on mathvista, the same on mmmu
+    for variant, right in {"sft": 50, "prism": 60}.items():
+        write_record(
+            tmp_path / "eval", variant, "mathvista", [1.0] * right + [0.0] * (100 - right), [0.5] * 100
+        )
+        write_record(tmp_path / "eval", variant, "mmmu", [1.0] * 80 + [0.0] * 20, [1.0] * 50 + [0.0] * 50)
+    config = CONFIG | {"benchmarks": ["mathvista", "mmmu"], "variants": ["sft", "prism"]}
+    out = tmp_path / "tables"
+    main(["--config", json.dumps(config), "--eval-root", str(tmp_path / "eval"), "--out", str(out)])
+    ci = {(r["variant"], r["benchmark"]): r for r in read_csv(out / "main_ci.csv")}
+    low, high = float(ci["sft", "MathVista"]["ci_low"]), float(ci["sft", "MathVista"]["ci_high"])
+    assert 39 < low < 42 and 58 < high < 61  # 50 of 100: +-1.96 x 5 points
+    assert ci["sft", "Avg"]["score"] == "65.0" and float(ci["sft", "Avg"]["ci_high"]) - 65 < 8
+    perception = {r["variant"]: r for r in read_csv(out / "perception.csv")}
+    assert (perception["sft"]["perception"], perception["sft"]["reasoning"]) == ("50.0", "65.0")
+    assert perception["prism"]["reasoning"] == "70.0"
+    assert float(perception["sft"]["perception_low"]) < 50 < float(perception["sft"]["perception_high"])
+    differences = {r["measure"]: r for r in read_csv(out / "differences.csv")}
+    assert differences["score"]["variant"] == "prism" and differences["score"]["versus"] == "sft"
+    assert differences["score"]["diff"] == "5.0"
+    # paired: the extra right answers are the same ten items every resample, so the interval is tight
+    assert 0 < float(differences["score"]["ci_low"]) < 5 < float(differences["score"]["ci_high"]) < 10
+    assert (differences["perception"]["diff"], differences["perception"]["ci_low"]) == ("0.0", "0.0")
+    chart = out / "ours_vs_paper_qwen3-vl-4b.svg"
+    assert len(drawn(chart, "ci ")) == 2 * 3  # an error bar on each of our bars
 
 
 def test_ablation_rows_in_the_papers_layout_beside_its_numbers(tmp_path, capsys):
@@ -107,14 +150,15 @@ def test_ablation_rows_in_the_papers_layout_beside_its_numbers(tmp_path, capsys)
         ["without SFT", "ablation-no_sft"],
         ["dense 4B discriminator", "ablation-dense_discriminator"],  # not evaluated yet
     ]
-    ablations = {
+    config = {
+        "benchmarks": CONFIG["benchmarks"],
         "policy": POLICY,
         "rows": rows,
         "paper_results": str(ROOT / "config" / "paper_ablations.csv"),
     }
-    config = CONFIG | {"variants": ["sft"], "ablations": ablations}
     out = tmp_path / "tables"
-    main(["--config", json.dumps(config), "--eval-root", str(tmp_path / "eval"), "--out", str(out)])
+    ablations_main(["--config", json.dumps(config), "--eval-root", str(tmp_path / "eval"), "--out", str(out)])
+    assert sorted(path.name for path in out.iterdir()) == ["ablations.csv", "ablations_vs_paper.csv"]
     table = read_csv(out / "ablations.csv")
     assert list(table[0]) == ["model", "setting", "variant", "MathVista", "MMMU", "HallusionBench", "Avg"]
     assert [(r["setting"], r["Avg"]) for r in table] == [

@@ -2,6 +2,10 @@
 
 rollouts -> discriminator scores of caption and reasoning (pre-update discriminator) -> alpha-mixed
 group-normalised advantage -> discriminator update on teacher vs. valid rollouts -> PPO-clip actor update.
+
+Each step also logs what the discriminator cannot be asked: how much of the scene the rollouts' captions
+get right (perception, against the truth the synthetic generator wrote beside each prompt) and how often
+their answers are right (reasoning), so a curve shows in which direction the policy moves.
 """
 
 from __future__ import annotations
@@ -13,15 +17,30 @@ import torch
 from prism.core.advantages import prism_advantage
 from prism.core.losses import alignment_discriminator_loss
 from prism.core.modeling import generate, load_model, load_processor, save_pretrained, token_logprobs
+from prism.core.reward import compute_score
 from prism.core.segments import parse_response
 from prism.core.training import TrainingRun, setup
 from prism.core.verl_algos import actor_config, policy_loss
 from prism.data.formats import ALIGN_COLUMNS, read_parquet_rows
+from prism.data.synthetic import caption_score
 from prism.discriminator.model import Discriminator, render
 
 
 def _question(row: dict) -> str:
     return row["extra_info"]["question"]
+
+
+def truth_metrics(rows: list[dict], texts: list[str], segments: list) -> dict:
+    """Mean perception and answer accuracy of the rollouts against the scene the prompt was drawn from;
+    none for rows without one (a set that was not generated)."""
+    scenes = [r["extra_info"].get("scene") for r in rows]
+    if any(scene is None for scene in scenes):
+        return {}
+    perception = [
+        caption_score(s.caption, scene) if s.valid else 0.0 for s, scene in zip(segments, scenes, strict=True)
+    ]
+    accuracy = [compute_score(t, r["ground_truth"])["acc"] for t, r in zip(texts, rows, strict=True)]
+    return {"perception": sum(perception) / len(perception), "answer_acc": sum(accuracy) / len(accuracy)}
 
 
 def score_segments(disc, processor, rows, captions, reasonings, clip: float):
@@ -130,6 +149,7 @@ def run(args) -> None:
             caption_score=caption_scores[valid].mean().item() if idx else 0.0,
             reasoning_score=reasoning_scores[valid].mean().item() if idx else 0.0,
             response_length=rollouts.lengths.float().mean().item(),
+            **truth_metrics(group_rows, rollouts.texts, segments),
             **disc_metrics,
         )
     save_pretrained(policy, processor, args.model, args.out)

@@ -95,7 +95,14 @@ def verl_row(example: synthetic.Example, index: int, split: str) -> dict:
         "data_source": DATA_SOURCE,
         "ability": example.kind,
         "reward_model": {"style": "rule", "ground_truth": example.answer},
-        "extra_info": {"split": split, "index": index, "question": example.question},
+        # the scene's truth, so rollouts' captions can be scored against what the image shows
+        "extra_info": {
+            "split": split,
+            "index": index,
+            "question": example.question,
+            "scene": example.scene.truth(),
+            "level": example.scene.level,
+        },
     }
 
 
@@ -184,7 +191,7 @@ def build_dataset(name: str, spec: dict, out: Path) -> dict:
 def build_benchmarks(spec: dict, out: Path) -> dict:
     counts = {}
     for offset, (benchmark, kinds) in enumerate(synthetic.BENCHMARK_QUESTIONS.items()):
-        examples = synthetic.examples(spec["examples"], spec["seed"] + 1000 * (offset + 1), kinds)
+        examples = synthetic.graded_examples(spec["examples"], spec["seed"] + 1000 * (offset + 1), kinds)
         rows = [verl_row(ex, i, "test") for i, ex in enumerate(examples)]
         write_parquet(rows, out / f"{benchmark}.parquet")
         counts[benchmark] = len(rows)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import io
 import random
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 
 from PIL import Image, ImageDraw
 
@@ -20,15 +21,24 @@ KINDS = ("square", "circle")
 QUESTION_KINDS = ("count", "colour", "add", "choice", "presence")
 NUMBER_WORDS = ("zero", "one", "two", "three", "four")
 
-# Which question kinds each held-out tiny benchmark asks (a stand-in for the paper's 7 benchmarks).
+# Graded difficulty of the held-out benchmarks: each level shrinks the shapes, fades their colour towards
+# grey and speckles more pixels, so a policy trained on clean images is tested from easy to hard.
+LEVELS = 4
+SHRINK_PER_LEVEL = 2  # pixels off each side of a shape
+FADE_PER_LEVEL = 0.2  # fraction of the way to grey
+NOISE_PER_LEVEL = 0.12  # fraction of pixels set to a random colour
+
+# Which question kinds each held-out tiny benchmark asks (a stand-in for the paper's 7 benchmarks). Every
+# benchmark holds counting questions, which a tiny policy learns and loses as the images get harder, so no
+# column sits at chance for every variant while the colour questions stay hard.
 BENCHMARK_QUESTIONS = {
     "mathvista": ("add",),
     "mathverse": ("count",),
     "mathvision": ("add", "count"),
     "wemath": ("count", "add"),
-    "mmmu": ("choice",),
-    "mmmu_pro": ("choice", "colour"),
-    "hallusionbench": ("presence",),
+    "mmmu": ("choice", "count"),
+    "mmmu_pro": ("choice", "colour", "add"),
+    "hallusionbench": ("presence", "count"),
 }
 
 
@@ -37,6 +47,8 @@ class Scene:
     cells: tuple[int, ...]  # occupied grid cells, 0..3
     colour: str
     kind: str
+    level: int = 0  # difficulty: 0 is the clean image the training sets use
+    noise_seed: int = 0
 
     @property
     def count(self) -> int:
@@ -46,15 +58,34 @@ class Scene:
         img = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), "white")
         draw = ImageDraw.Draw(img)
         half = IMAGE_SIZE // 2
+        margin = 4 + SHRINK_PER_LEVEL * self.level
+        fill = faded(COLOURS[self.colour], FADE_PER_LEVEL * self.level)
         for cell in self.cells:
             x, y = (cell % 2) * half, (cell // 2) * half
-            box = (x + 4, y + 4, x + half - 4, y + half - 4)
-            (draw.rectangle if self.kind == "square" else draw.ellipse)(box, fill=COLOURS[self.colour])
-        return img
+            box = (x + margin, y + margin, x + half - margin, y + half - margin)
+            (draw.rectangle if self.kind == "square" else draw.ellipse)(box, fill=fill)
+        return speckled(img, NOISE_PER_LEVEL * self.level, self.noise_seed) if self.level else img
+
+    def truth(self) -> dict:
+        """What a caption must say about the scene: the perception measure's answer key."""
+        return {"count": self.count, "colour": self.colour, "kind": self.kind}
 
     def caption(self) -> str:
         noun = self.kind if self.count == 1 else f"{self.kind}s"
         return f"- {NUMBER_WORDS[self.count]} {self.colour} {noun}"
+
+
+def faded(rgb: tuple[int, int, int], amount: float) -> tuple[int, ...]:
+    return tuple(round(c + (128 - c) * amount) for c in rgb)
+
+
+def speckled(img: Image.Image, fraction: float, seed: int) -> Image.Image:
+    rng = random.Random(seed)
+    pixels = img.load()
+    for _ in range(round(fraction * IMAGE_SIZE * IMAGE_SIZE)):
+        x, y = rng.randrange(IMAGE_SIZE), rng.randrange(IMAGE_SIZE)
+        pixels[x, y] = (rng.randrange(256), rng.randrange(256), rng.randrange(256))
+    return img
 
 
 @dataclass(frozen=True)
@@ -103,6 +134,29 @@ def ask(scene: Scene, kind: str, rng: random.Random) -> Example:
 def examples(n: int, seed: int, kinds: tuple[str, ...] = QUESTION_KINDS) -> list[Example]:
     rng = random.Random(seed)
     return [ask(random_scene(rng), rng.choice(kinds), rng) for _ in range(n)]
+
+
+def graded_examples(n: int, seed: int, kinds: tuple[str, ...]) -> list[Example]:
+    """A benchmark: the examples of `examples(n, seed, kinds)`, the i-th shown at difficulty i % LEVELS."""
+    return [
+        replace(ex, scene=replace(ex.scene, level=i % LEVELS, noise_seed=seed * 100_003 + i))
+        for i, ex in enumerate(examples(n, seed, kinds))
+    ]
+
+
+_CAPTION_LINE = re.compile(r"^-\s*(\w+)\s+(\w+)\s+(\w+?)s?$")
+
+
+def caption_score(caption: str, truth: dict) -> float:
+    """The fraction of the scene's count, colour and shape kind that a caption states correctly (0 for a
+    caption off the teacher's one-line form): perception measured against the generator's own truth."""
+    body = caption.removeprefix("<caption>").removesuffix("</caption>").strip()
+    match = _CAPTION_LINE.match(body)
+    if match is None:
+        return 0.0
+    count, colour, kind = match.groups()
+    stated = (count == NUMBER_WORDS[truth["count"]], colour == truth["colour"], kind == truth["kind"])
+    return sum(stated) / len(stated)
 
 
 def corrupt(example: Example, rng: random.Random) -> tuple[str, str]:

@@ -3,8 +3,12 @@
 `python -m prism.tables --config JSON --eval-root results/eval --out results/tables [--runs DIR ...]`
 
 Writes main.csv (policy, variant, one column per benchmark, Avg), main_vs_paper.csv (each cell beside the
-published number and the difference), ours_vs_paper.svg, and curves_<stage>.svg from the metrics.csv
-beside each trained artifact given with --runs. With ablation rows configured, also ablations.csv in the
+published number and the difference), main_ci.csv (each cell's 95% bootstrap interval over its samples),
+perception.csv (per variant, the captions' agreement with the scene beside the answers' accuracy),
+differences.csv (each PRISM-initialised variant minus its SFT-initialised counterpart, paired intervals),
+ours_vs_paper.svg, and curves_<stage>.svg from the metrics.csv beside each trained artifact given with
+--runs. Intervals need the per-sample values a record keeps (the CPU evaluator's); without them they
+stay empty. With ablation rows configured, also ablations.csv in the
 layout of the paper's ablation table and ablations_vs_paper.csv. A missing score leaves its cell empty,
 never zero.
 """
@@ -20,12 +24,21 @@ from pathlib import Path
 from prism.core.config import BENCHMARKS
 from prism.core.training import parse_slice
 from prism.tables.figures import comparison_chart, curves_chart
+from prism.tables.intervals import difference_interval, mean_interval
 
 # What each stage's curves show, from whichever engine wrote them (the CPU loops or verl's step logs).
 CURVES = {
     "sft": ["loss"],
     "discriminator": ["loss", "acc", "gap"],
-    "align": ["caption_gap", "reasoning_gap", "valid_ratio", "prism/disc/gap", "prism/format_valid_rate"],
+    "align": [
+        "caption_gap",
+        "reasoning_gap",
+        "perception",
+        "answer_acc",
+        "valid_ratio",
+        "prism/disc/gap",
+        "prism/format_valid_rate",
+    ],
     "rl": ["reward", "acc", "critic/score/mean", "response_length/mean"],
 }
 
@@ -36,6 +49,11 @@ STAGE_OF_MANIFEST = {"warmup_discriminator": "discriminator"}
 
 def read_score(path: Path) -> float | None:
     return json.loads(path.read_text()).get("score") if path.exists() else None
+
+
+def read_samples(path: Path) -> dict[str, list[float]] | None:
+    """A record's per-sample values ({"acc": [...], "perception": [...]}), None where it keeps none."""
+    return json.loads(path.read_text()).get("samples") if path.exists() else None
 
 
 def average(values: list[float | None]) -> float | None:
@@ -73,6 +91,90 @@ def score_grid(cfg: dict, eval_root: Path) -> tuple[dict, list[str]]:
                 row.append(score)
             grid[policy["name"], variant, "Avg"] = average(row)
     return grid, missing
+
+
+def sample_grid(cfg: dict, eval_root: Path) -> dict:
+    """{(policy, variant, benchmark column): per-sample values or None} over every configured cell."""
+    return {
+        (policy["name"], variant, BENCHMARKS[benchmark]): read_samples(
+            eval_root / policy["name"] / variant / f"{benchmark}.json"
+        )
+        for policy in cfg["policies"]
+        for variant in cfg["variants"]
+        for benchmark in cfg["benchmarks"]
+    }
+
+
+def cell_intervals(cfg: dict, samples: dict, measure: str) -> dict:
+    """{(policy, variant, column): (low, high)} of `measure` per benchmark and over the row's average."""
+    columns = [BENCHMARKS[b] for b in cfg["benchmarks"]]
+    out = {}
+    for policy in cfg["policies"]:
+        for variant in cfg["variants"]:
+            row = [samples[policy["name"], variant, c] for c in columns]
+            for column, values in zip(columns, row, strict=True):
+                if values is not None:
+                    out[policy["name"], variant, column] = mean_interval([values[measure]])
+            if all(values is not None for values in row):
+                out[policy["name"], variant, "Avg"] = mean_interval([values[measure] for values in row])
+    return out
+
+
+def ci_rows(cfg: dict, grid: dict, intervals: dict, columns: list[str]) -> list[list[str]]:
+    rows = [["policy", "variant", "benchmark", "score", "ci_low", "ci_high"]]
+    for policy in cfg["policies"]:
+        for variant in cfg["variants"]:
+            for column in columns:
+                key = policy["name"], variant, column
+                low, high = intervals.get(key, (None, None))
+                rows.append([policy["name"], variant, column, cell(grid[key]), cell(low), cell(high)])
+    return rows
+
+
+def row_mean(samples: dict, policy: str, variant: str, columns: list[str], measure: str) -> float | None:
+    row = [samples[policy, variant, c] for c in columns]
+    if any(values is None for values in row):
+        return None
+    return 100 * sum(sum(v[measure]) / len(v[measure]) for v in row) / len(row)
+
+
+def perception_rows(cfg: dict, samples: dict, columns: list[str]) -> list[list[str]]:
+    """Per variant, over the benchmarks' unweighted mean: perception (the captions' count, colour and
+    kind against the scene) and reasoning (the answers' accuracy, the main table's Avg), with intervals."""
+    perception, reasoning = (cell_intervals(cfg, samples, m) for m in ("perception", "acc"))
+    rows = [["policy", "variant", "perception", "perception_low", "perception_high"]]
+    rows[0] += ["reasoning", "reasoning_low", "reasoning_high"]
+    for policy in cfg["policies"]:
+        for variant in cfg["variants"]:
+            key = policy["name"], variant, "Avg"
+            row = [policy["name"], variant]
+            for measure, intervals in (("perception", perception), ("acc", reasoning)):
+                low, high = intervals.get(key, (None, None))
+                row += [cell(row_mean(samples, *key[:2], columns, measure)), cell(low), cell(high)]
+            rows.append(row)
+    return rows
+
+
+def difference_rows(cfg: dict, samples: dict, columns: list[str]) -> list[list[str]]:
+    """Each prism* variant minus its sft* counterpart (same RL after it), on the average of the answers'
+    accuracy and of perception, with paired intervals over the shared benchmark items."""
+    rows = [["policy", "variant", "versus", "measure", "diff", "ci_low", "ci_high"]]
+    for policy in cfg["policies"]:
+        for variant in cfg["variants"]:
+            counterpart = "sft" + variant.removeprefix("prism")
+            if not variant.startswith("prism") or counterpart not in cfg["variants"]:
+                continue
+            first = [samples[policy["name"], variant, c] for c in columns]
+            second = [samples[policy["name"], counterpart, c] for c in columns]
+            for measure, name in (("acc", "score"), ("perception", "perception")):
+                diff = low = high = None
+                if all(values is not None for values in first + second):
+                    diff = row_mean(samples, policy["name"], variant, columns, measure) - row_mean(
+                        samples, policy["name"], counterpart, columns, measure
+                    )
+                    low, high = difference_interval([v[measure] for v in first], [v[measure] for v in second])
+                rows.append([policy["name"], variant, counterpart, name, cell(diff), cell(low), cell(high)])
+    return rows
 
 
 def main_rows(cfg: dict, grid: dict, columns: list[str]) -> list[list[str]]:
@@ -156,6 +258,12 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     write_csv(args.out / "main.csv", main_rows(cfg, grid, columns))
     write_csv(args.out / "main_vs_paper.csv", versus_rows(cfg, grid, columns, paper))
+    samples = sample_grid(cfg, args.eval_root)
+    intervals = cell_intervals(cfg, samples, "acc")
+    benchmark_columns = columns[:-1]
+    write_csv(args.out / "main_ci.csv", ci_rows(cfg, grid, intervals, columns))
+    write_csv(args.out / "perception.csv", perception_rows(cfg, samples, benchmark_columns))
+    write_csv(args.out / "differences.csv", difference_rows(cfg, samples, benchmark_columns))
     if cfg["ablations"]:
         ours, versus, missing = ablation_tables(cfg["ablations"], cfg["benchmarks"], args.eval_root, columns)
         for line in missing:
@@ -167,8 +275,9 @@ def main(argv: list[str] | None = None) -> None:
         theirs = {
             (v, c): paper.get((policy["paper_name"], v), {}).get(c) for v in cfg["variants"] for c in columns
         }
+        spans = {(v, c): intervals.get((policy["name"], v, c)) for v in cfg["variants"] for c in columns}
         chart = comparison_chart(
-            f"{policy['name']}: ours vs. the paper", cfg["variants"], ours, theirs, columns
+            f"{policy['name']}: ours vs. the paper", cfg["variants"], ours, theirs, columns, spans
         )
         (args.out / f"ours_vs_paper_{policy['name']}.svg").write_text(chart)
     for stage, runs in training_runs(args.runs, args.models_root).items():

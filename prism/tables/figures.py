@@ -1,104 +1,88 @@
-"""The report's charts as plain SVG (no plotting library in any environment): our scores beside the
-paper's per benchmark, and each training stage's curves read from the metrics.csv beside its artifact."""
+"""The report's charts, drawn with matplotlib as SVG: our scores beside the paper's per benchmark (with
+95% bootstrap intervals where the records hold their samples), and each training stage's curves read from
+the metrics.csv beside its artifact. Every bar, error bar and line carries an id naming what it shows."""
 
 from __future__ import annotations
 
-from html import escape
+import io
 
-PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+
 OURS, PAPER = "#1f77b4", "#bbbbbb"
+# Same input, same bytes: no timestamp, fixed ids.
+SVG_SETTINGS = {"svg.hashsalt": "prism-tables", "svg.fonttype": "none"}
+PER_ROW = 4
 
 
-def svg(width: int, height: int, body: list[str]) -> str:
-    return (
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'font-family="sans-serif" font-size="11">\n' + "\n".join(body) + "\n</svg>\n"
-    )
+def svg_text(figure) -> str:
+    buffer = io.StringIO()
+    with matplotlib.rc_context(SVG_SETTINGS):
+        figure.savefig(buffer, format="svg", metadata={"Date": None}, bbox_inches="tight")
+    plt.close(figure)
+    return buffer.getvalue()
 
 
-def text(x: float, y: float, label: str, anchor: str = "middle", size: int = 11, rotate: int = 0) -> str:
-    turn = f' transform="rotate({rotate} {x:.1f} {y:.1f})"' if rotate else ""
-    place = f'x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}" font-size="{size}"'
-    return f"<text {place}{turn}>{escape(label)}</text>"
-
-
-def legend(x: float, y: float, entries: list[tuple[str, str]]) -> list[str]:
-    items = []
-    for i, (label, colour) in enumerate(entries):
-        items.append(f'<rect x="{x:.1f}" y="{y + 14 * i - 8:.1f}" width="10" height="10" fill="{colour}"/>')
-        items.append(text(x + 14, y + 14 * i, label, anchor="start"))
-    return items
-
-
-def comparison_chart(title: str, variants: list[str], ours: dict, paper: dict, benchmarks: list[str]) -> str:
+def comparison_chart(
+    title: str,
+    variants: list[str],
+    ours: dict,
+    paper: dict,
+    benchmarks: list[str],
+    intervals: dict | None = None,
+) -> str:
     """One panel per benchmark (and Avg), four to a row: a pair of bars per variant, ours beside the
-    paper's, on 0-100. `ours[(variant, benchmark)]` and `paper[...]` are scores or None (no bar)."""
-    panel_w, panel_h, row_h, left, per_row = 30 + 26 * len(variants), 170, 290, 36, 4
-    width = left + panel_w * per_row + 110
-    body = [text(width / 2, 18, title, size=13)]
-    for p, benchmark in enumerate(benchmarks):
-        x0, top = left + (p % per_row) * panel_w, 40 + (p // per_row) * row_h
-        body.append(
-            f'<rect x="{x0}" y="{top}" width="{panel_w - 8}" height="{panel_h}" fill="none" stroke="#ddd"/>'
-        )
-        body.append(text(x0 + (panel_w - 8) / 2, top - 6, benchmark))
+    paper's, on 0-100. `ours[(variant, benchmark)]` and `paper[...]` are scores or None (no bar);
+    `intervals[(variant, benchmark)]` a (low, high) drawn as an error bar on ours."""
+    intervals = intervals or {}
+    rows = -(-len(benchmarks) // PER_ROW)
+    width = max(3.0, 0.45 * len(variants) + 0.8)
+    figure, axes = plt.subplots(rows, PER_ROW, figsize=(width * PER_ROW, 3.2 * rows), squeeze=False)
+    figure.suptitle(title)
+    for ax in axes.flat[len(benchmarks) :]:
+        ax.set_visible(False)
+    for ax, benchmark in zip(axes.flat, benchmarks, strict=False):
+        ax.set_title(benchmark, fontsize=10)
+        ax.set_ylim(0, 100)
+        ax.set_xticks(range(len(variants)), variants, rotation=60, ha="right", fontsize=8)
         for v, variant in enumerate(variants):
-            bx = x0 + 8 + 26 * v
-            for offset, (source, colour) in enumerate(((ours, OURS), (paper, PAPER))):
+            for offset, source, colour, name in ((-0.2, ours, OURS, "ours"), (0.2, paper, PAPER, "paper")):
                 score = source.get((variant, benchmark))
-                if score is not None:
-                    h = panel_h * max(0.0, min(score, 100.0)) / 100
-                    bar = f'x="{bx + 11 * offset}" y="{top + panel_h - h:.1f}" width="10" height="{h:.1f}"'
-                    tip = f"{variant} {benchmark}: {score:.1f} ({'ours' if offset == 0 else 'paper'})"
-                    body.append(f'<rect {bar} fill="{colour}"><title>{escape(tip)}</title></rect>')
-            body.append(text(bx + 10, top + panel_h + 8, variant, anchor="end", size=9, rotate=-60))
-        for tick in (0, 50, 100):
-            y = top + panel_h * (1 - tick / 100)
-            body.append(text(x0 - 4, y + 4, str(tick), anchor="end", size=9))
-    body += legend(width - 100, 50, [("ours", OURS), ("paper", PAPER)])
-    rows = -(-len(benchmarks) // per_row)
-    return svg(width, 40 + rows * row_h, body)
-
-
-def line_chart(title: str, metric: str, runs: dict[str, list[tuple[float, float]]]) -> list[str]:
-    """One panel: `metric` against step for each run. Returns SVG elements, placed at the origin."""
-    w, h, left, top = 420, 180, 46, 26
-    body = [text(w / 2, 14, f"{title}: {metric}", size=12)]
-    points = [p for run in runs.values() for p in run]
-    if not points:
-        return [*body, text(w / 2, top + h / 2, "no curve recorded")]
-    xs, ys = [p[0] for p in points], [p[1] for p in points]
-    x_lo, x_hi = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
-    y_lo, y_hi = min(ys), max(ys) if max(ys) > min(ys) else min(ys) + 1
-
-    def scale(x, y):
-        return left + (w - left - 10) * (x - x_lo) / (x_hi - x_lo), top + h * (1 - (y - y_lo) / (y_hi - y_lo))
-
-    body.append(
-        f'<rect x="{left}" y="{top}" width="{w - left - 10}" height="{h}" fill="none" stroke="#ddd"/>'
-    )
-    body += [text(left - 4, top + 8, f"{y_hi:.3g}", anchor="end", size=9)]
-    body += [text(left - 4, top + h, f"{y_lo:.3g}", anchor="end", size=9)]
-    body += [text(left, top + h + 12, f"step {x_lo:g}", anchor="start", size=9)]
-    body += [text(w - 10, top + h + 12, f"{x_hi:g}", anchor="end", size=9)]
-    for i, run in enumerate(runs.values()):
-        colour = PALETTE[i % len(PALETTE)]
-        path = " ".join(f"{x:.1f},{y:.1f}" for x, y in (scale(*p) for p in run))
-        body.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="1.5"/>')
-    body += legend(w + 6, top + 8, [(name, PALETTE[i % len(PALETTE)]) for i, name in enumerate(runs)])
-    return body
+                if score is None:
+                    continue
+                bar = ax.bar(v + offset, score, width=0.4, color=colour, label=name)
+                bar.patches[0].set_gid(f"{name} {variant} {benchmark} {score:.1f}")
+            interval = intervals.get((variant, benchmark))
+            if interval is not None and ours.get((variant, benchmark)) is not None:
+                score, (low, high) = ours[variant, benchmark], interval
+                error = ax.errorbar(
+                    v - 0.2, score, yerr=[[score - low], [high - score]], fmt="none", ecolor="black"
+                )
+                error.lines[2][0].set_gid(f"ci {variant} {benchmark} {low:.1f}-{high:.1f}")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in (OURS, PAPER)]
+    figure.legend(handles, ["ours (95% CI)", "paper"], loc="upper right")
+    figure.tight_layout()
+    return svg_text(figure)
 
 
 def curves_chart(title: str, metrics: list[str], runs: dict[str, list[dict]]) -> str:
     """A panel per metric, each with one line per run (rows as read from metrics.csv)."""
-    panels = []
-    for metric in metrics:
-        series = {
-            name: [(float(r["step"]), float(r[metric])) for r in rows if r.get(metric) not in (None, "")]
-            for name, rows in runs.items()
-        }
-        panels.append(line_chart(title, metric, {k: v for k, v in series.items() if v}))
-    body = []
-    for i, panel in enumerate(panels):
-        body.append(f'<g transform="translate(0 {i * 230})">' + "".join(panel) + "</g>")
-    return svg(620, max(1, len(panels)) * 230, body)
+    figure, axes = plt.subplots(len(metrics), 1, figsize=(7, 2.6 * len(metrics)), squeeze=False)
+    for ax, metric in zip(axes[:, 0], metrics, strict=True):
+        ax.set_title(f"{title}: {metric}", fontsize=10)
+        ax.set_xlabel("step", fontsize=8)
+        drawn = 0
+        for name, rows in runs.items():
+            points = [(float(r["step"]), float(r[metric])) for r in rows if r.get(metric) not in (None, "")]
+            if points:
+                (line,) = ax.plot(*zip(*points, strict=True), label=name, linewidth=1.2)
+                line.set_gid(f"curve {name} {metric}")
+                drawn += 1
+        if drawn:
+            ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+        else:
+            ax.text(0.5, 0.5, "no curve recorded", ha="center", va="center", transform=ax.transAxes)
+    figure.tight_layout()
+    return svg_text(figure)
