@@ -247,7 +247,9 @@ def variant_checkpoint(wildcards) -> str:
 
 
 def trained_runs() -> list[str]:
-    """Manifests of the models this configuration trains for its table: their curves go in the report."""
+    """Manifests of the models this configuration trains for its main table: their curves go in the
+    report. The ablation chains have their own target, so the main table never waits on
+    them."""
     built = {
         variant_checkpoint(SimpleNamespace(policy=policy, variant=variant))
         for policy in POLICIES
@@ -258,23 +260,6 @@ def trained_runs() -> list[str]:
         built |= {prism_checkpoint(policy) for policy in POLICIES} | {
             discriminator_checkpoint()
         }
-    if ablation_rows():
-        policy = CFG.ablations.policy
-        built |= {
-            variant_checkpoint(SimpleNamespace(policy=policy, variant=variant))
-            for _, variant in ablation_rows()
-        }
-        built |= {
-            f"{RESULTS}/models/ablations/{setting}/{policy}/prism/{MANIFEST}"
-            for setting in CFG.ablations.trained()
-        }
-        built |= {
-            ABLATION_DISCRIMINATORS[setting]
-            for setting in CFG.ablations.settings
-            if setting in ABLATION_DISCRIMINATORS
-        }
-        if "sft_subset" in CFG.ablations.settings:
-            built.add(subset_sft_checkpoint(policy))
     return sorted(path for path in built if not path.startswith(f"{INPUTS}/released/"))
 
 
@@ -302,17 +287,3 @@ def evaluation_inputs(wildcards) -> dict:
             inputs["judge"] = base_model(CFG.eval.judge.model)
         inputs["benchmarks"] = BENCHMARK_CACHE
     return inputs
-
-
-def ablation_tables() -> dict:
-    """The ablation table and its comparison with the paper, as outputs of the tables rule when configured."""
-    if not ablation_rows():
-        return {}
-    return {
-        name: report(
-            f"{RESULTS}/tables/{name}.csv",
-            caption="../report/ablations.rst",
-            category="Tables",
-        )
-        for name in ("ablations", "ablations_vs_paper")
-    }

@@ -8,16 +8,9 @@ rule tables:
             variant=CFG.eval.variants,
             benchmark=CFG.eval.benchmarks,
         ),
-        ablations=expand(
-            f"{RESULTS}/eval/{{policy}}/{{variant}}/{{benchmark}}.json",
-            policy=[CFG.ablations.policy] if ablation_rows() else [],
-            variant=[variant for _, variant in ablation_rows()],
-            benchmark=CFG.eval.benchmarks,
-        ),
         runs=trained_runs(),
         paper=CFG.tables.paper_results,
     output:
-        **ablation_tables(),
         main=report(
             f"{RESULTS}/tables/main.csv",
             caption="../report/main.rst",
@@ -55,15 +48,7 @@ rule tables:
                 "variants": CFG.eval.variants,
                 "policies": [p.model_dump() for p in CFG.policies],
                 "paper_results": CFG.tables.paper_results,
-                "ablations": (
-                    {
-                        "policy": CFG.policy(CFG.ablations.policy).model_dump(),
-                        "rows": ablation_rows(),
-                        "paper_results": CFG.ablations.paper_results,
-                    }
-                    if ablation_rows()
-                    else None
-                ),
+                "ablations": None,  # a target of its own: rules/ablations.smk
             }
         ),
         eval_root=lambda wc, input: Path(input.scores[0]).parents[2],

@@ -46,12 +46,16 @@ def test_paper_plan_lists_every_job_with_gpu_hours():
     assert table.splitlines()[-1].split()[:2] == ["total", "176"]
 
 
-def test_every_ablation_row_adds_its_own_chain_to_the_paper_plan(workflow_copy):
+def test_every_ablation_row_adds_its_own_chain_to_the_paper_plan_of_its_own_target(workflow_copy):
     settings = ["dense_discriminator", "text_only_discriminator", "no_sft", "no_alignment", "sft_subset"]
     overlay = write_config(workflow_copy, "ablations.yaml", {"ablations": {"settings": settings}})
-    jobs = plan_jobs(workflow_copy, [overlay], ["results/tables/main.csv"], forceall=True)
+    main = plan_jobs(workflow_copy, [overlay], ["results/tables/main.csv"], forceall=True)
+    assert counts(main) == PAPER_JOBS  # the main table waits on no ablation chain
+    tables = ["results/tables/main.csv", "results/tables/ablations.csv"]
+    jobs = plan_jobs(workflow_copy, [overlay], tables, forceall=True)
     added = Counter(counts(jobs)) - Counter(PAPER_JOBS)
     assert added == {
+        "ablation_tables": 1,
         "prepare_sft_subset": 1,
         "sft_subset": 1,
         "warmup_dense_discriminator": 1,
@@ -64,7 +68,7 @@ def test_every_ablation_row_adds_its_own_chain_to_the_paper_plan(workflow_copy):
     assert all(j.local for j in jobs if j.rule == "prepare_sft_subset")
     subset = next(j for j in jobs if j.rule == "prepare_sft_subset")
     assert subset.wildcards == {"dataset": "sft"}
-    assert summarize(jobs).splitlines()[-1].split() == ["total", "220", "14936.0"]
+    assert summarize(jobs).splitlines()[-1].split() == ["total", "221", "14936.0"]
 
 
 def test_tiny_plan_runs_the_same_stages_on_synthetic_inputs():
@@ -73,20 +77,29 @@ def test_tiny_plan_runs_the_same_stages_on_synthetic_inputs():
         "fetch_model": 2,
         "fetch_dataset": 4,
         "prepare_dataset": 4,
-        "prepare_sft_subset": 1,
         "make_benchmarks": 1,
         "sft": 1,
-        "sft_subset": 1,
         "upcycle": 1,
         "warmup_discriminator": 1,
+        "align": 1,
+        "rl": 6,
+        "evaluate": 9,  # the table's rows
+        "tables": 1,
+    }
+    ablations = plan_jobs(
+        ROOT, [ROOT / "config/tiny.yaml"], ["tiny/results/tables/ablations.csv"], forceall=True
+    )
+    shared = {rule: n for rule, n in counts(jobs).items() if rule not in ("rl", "evaluate", "tables")}
+    assert counts(ablations) == shared | {
+        "prepare_sft_subset": 1,
+        "sft_subset": 1,
         "warmup_dense_discriminator": 1,
         "warmup_text_only_discriminator": 1,
-        "align": 1,
         "align_ablation": 4,
-        "rl": 6,
+        "rl": 2,  # the full recipe's prism-grpo and no_alignment's sft-grpo
         "rl_ablation": 4,
-        "evaluate": 9 + 4,  # the table's rows and the four trained ablation rows
-        "tables": 1,
+        "evaluate": 2 + 4,  # those two and the four trained ablation rows
+        "ablation_tables": 1,
     }
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, TEST_CLUSTER, TINY, merged_tiny_config, snakemake, write_config
+from conftest import ROOT, TARGETS, TEST_CLUSTER, TINY, merged_tiny_config, snakemake, write_config
 from prism.cluster.plan import plan_jobs
 from prism.core.config import BENCHMARKS
 
@@ -70,7 +70,7 @@ def slurm_run(cluster, tiny_run):
 
 def test_every_gpu_job_ran_on_slurm_and_completed(slurm_run):
     workdir, jobs, _ = slurm_run
-    planned = plan_jobs(workdir, [workdir / "config/tiny.yaml"], ["all"], forceall=True)
+    planned = plan_jobs(workdir, [workdir / "config/tiny.yaml"], TARGETS, forceall=True)
     assert Counter(j["rule"] for j in jobs.values()) == Counter(p.rule for p in planned if not p.local)
     assert {(j["JobState"], j["ExitCode"], j["Restarts"]) for j in jobs.values()} == {
         ("COMPLETED", "0:0", "0")
