@@ -76,26 +76,33 @@ def run(args) -> None:
         groups, gen_batches = sample_groups(policy, processor, rows, cfg, algo, rng)
         policy.train()
         total_loss, accs, fmts, rewards, lengths = 0.0, [], [], [], []
-        for g, (rollouts, members, scores) in enumerate(groups):
-            # One policy update per step over all kept groups (ppo_mini_batch = train batch).
-            mask = rollouts.response_mask[members].float()
-            reward = torch.tensor([scores[i]["score"] for i in members])
-            if algo["overlong_buffer"]["enable"]:
-                ob = algo["overlong_buffer"]
-                reward = reward + overlong_penalty(
-                    mask.sum(-1), cfg["max_response_length"], ob["length"], ob["penalty_factor"]
-                )
-            advantages = grpo_advantage(reward, mask, [g] * len(members))
-            inputs = {k: (v[members] if k != "pixel_values" else v) for k, v in rollouts.inputs.items()}
-            inputs["pixel_values"], inputs["image_grid_thw"] = _images_of(rollouts.inputs, members)
-            log_prob = token_logprobs(policy, inputs, rollouts.prompt_length)
-            loss, _ = policy_loss(loss_config, log_prob.detach(), log_prob, advantages, mask)
-            (loss / len(groups)).backward()
-            total_loss += loss.item() / len(groups)
-            accs += [scores[i]["acc"] for i in members]
-            fmts += [scores[i]["format"] for i in members]
-            rewards += reward.tolist()
-            lengths += mask.sum(-1).tolist()
+        # One policy update per step over all kept groups (ppo_mini_batch = train batch): the loss is the
+        # mean of the groups' losses, from one forward and backward per generated batch.
+        for rollouts, batch in _by_generated_batch(groups):
+            kept = [i for members, _ in batch for i in members]
+            inputs = {k: (v[kept] if k != "pixel_values" else v) for k, v in rollouts.inputs.items()}
+            inputs["pixel_values"], inputs["image_grid_thw"] = _images_of(rollouts.inputs, kept)
+            batch_log_prob = token_logprobs(policy, inputs, rollouts.prompt_length)
+            batch_loss, start = 0.0, 0
+            for members, scores in batch:
+                mask = rollouts.response_mask[members].float()
+                reward = torch.tensor([scores[i]["score"] for i in members])
+                if algo["overlong_buffer"]["enable"]:
+                    ob = algo["overlong_buffer"]
+                    reward = reward + overlong_penalty(
+                        mask.sum(-1), cfg["max_response_length"], ob["length"], ob["penalty_factor"]
+                    )
+                advantages = grpo_advantage(reward, mask, [0] * len(members))
+                log_prob = batch_log_prob[start : start + len(members)]
+                start += len(members)
+                loss, _ = policy_loss(loss_config, log_prob.detach(), log_prob, advantages, mask)
+                batch_loss = batch_loss + loss / len(groups)
+                total_loss += loss.item() / len(groups)
+                accs += [scores[i]["acc"] for i in members]
+                fmts += [scores[i]["format"] for i in members]
+                rewards += reward.tolist()
+                lengths += mask.sum(-1).tolist()
+            batch_loss.backward()
         torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg["grad_clip"])
         optimizer.step()
         schedule.step()
@@ -113,6 +120,15 @@ def run(args) -> None:
     save_pretrained(policy, processor, args.model, args.out)
     reward = run.metric("reward")
     run.finish({"first_reward": reward[0], "final_reward": reward[-1]})
+
+
+def _by_generated_batch(groups: list) -> list[tuple]:
+    """The kept groups as (rollouts, [(members, scores), ...]) per generated batch, in order: the groups
+    of one batch share its padding, so their responses go through the policy together."""
+    batches: dict[int, tuple] = {}
+    for rollouts, members, scores in groups:
+        batches.setdefault(id(rollouts), (rollouts, []))[1].append((members, scores))
+    return list(batches.values())
 
 
 def _images_of(inputs: dict, members: list[int]):

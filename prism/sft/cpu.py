@@ -4,9 +4,36 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 from prism.core.modeling import load_model, load_processor, save_pretrained, supervised_batch
 from prism.core.training import TrainingRun, epoch_batch, optimizer_and_schedule, setup
 from prism.data.formats import read_sft_examples
+
+
+class EncodedExamples:
+    """Each example tokenized with its image once, not once an epoch: a batch is the right-padded
+    collation of its examples' supervised_batch encodings, the batch supervised_batch makes of them."""
+
+    def __init__(self, processor, rows: list[dict], max_length: int):
+        self.pad_id = processor.tokenizer.pad_token_id
+        self.encoded = {
+            id(row): supervised_batch(processor, [row], [row["response"]], max_length) for row in rows
+        }
+
+    def batch(self, rows: list[dict]) -> dict:
+        examples = [self.encoded[id(row)] for row in rows]
+        width = max(e["input_ids"].shape[1] for e in examples)
+        padding = {"input_ids": self.pad_id, "attention_mask": 0, "mm_token_type_ids": 0, "labels": -100}
+        batch = {
+            key: torch.cat(
+                [torch.nn.functional.pad(e[key], (0, width - e[key].shape[1]), value=fill) for e in examples]
+            )
+            for key, fill in padding.items()
+        }
+        for key in ("pixel_values", "image_grid_thw"):
+            batch[key] = torch.cat([e[key] for e in examples])
+        return batch
 
 
 def run(args) -> None:
@@ -21,12 +48,12 @@ def run(args) -> None:
         [p for p in model.parameters() if p.requires_grad], cfg, total
     )
     run = TrainingRun(args, "sft", total, {"model": model, "optimizer": optimizer, "schedule": schedule})
+    examples = EncodedExamples(processor, rows, cfg["max_length"])
     model.train()
     for step in run.steps():
         for micro in range(cfg["grad_accum"]):
             picked = epoch_batch(rows, cfg["seed"], step * cfg["grad_accum"] + micro, cfg["batch_size"])
-            batch = supervised_batch(processor, picked, [r["response"] for r in picked], cfg["max_length"])
-            loss = model(**batch).loss / cfg["grad_accum"]
+            loss = model(**examples.batch(picked)).loss / cfg["grad_accum"]
             loss.backward()
         optimizer.step()
         schedule.step()
