@@ -1119,12 +1119,16 @@ _RL_WHY = {
         "verl's naive manager: the script's dapo manager runs with its overlong buffer off, which scores the "
         "same"
     ),
+    ("weight decay", "dapo"): "the README says 0.01 for all three; " + B10_SCRIPTS,
+    ("weight decay", "gspo"): "the README says 0.01 for all three; " + B10_SCRIPTS,
 }
+# The seed README's RLVR column gives one weight decay for the three algorithms.
+_RL_PAPER = {"weight decay": 0.01}
 SETTINGS += [
     _s(
         f"Stage 3 RLVR, {algo.upper()} (§4.2)",
         name,
-        NOT_SET,
+        _RL_PAPER.get(name, NOT_SET),
         by_algo[algo],
         _algorithm_key(algo, key),
         f"verl {algo}",
@@ -1508,10 +1512,15 @@ CHOICES = [
         ("tests/test_warmup.py::test_the_dense_discriminators_zero_balance_loss_is_on_the_models_device",),
     ),
     Choice(
-        "evaluation: judge prompt",
-        "lmms-eval's BINARY_JUDGE_PROMPT",
-        "our own wording of the same binary 1/0 question: question, reference answer, whole response",
-        (LE + "test_mmmu_answers_the_rule_calls_wrong_are_put_to_the_judge",),
+        "reward: equivalent answers",
+        "`reward_model.equivalent_answers` tried beside the ground truth on the math-verify data sources "
+        "(math-77k, visual_logic-26k), by math-verify alone; the mm_gad source ignores them",
+        "tried beside the ground truth on every data source, by the same rules (math-verify their fallback): "
+        "which source the released parquets carry is unverified (§12), and a listed equivalent is correct",
+        (
+            RW + "test_an_equivalent_answer_of_the_row_counts_as_the_ground_truth",
+            RW + "test_preparation_hands_the_reward_the_rows_equivalent_answers",
+        ),
     ),
     Choice(
         "evaluation: MathVerse",

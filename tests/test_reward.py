@@ -120,3 +120,31 @@ def test_units_of_the_reference_list_pass_by_rule_without_math_verify(monkeypatc
     math-verify fallback must not be what accepts them."""
     monkeypatch.setattr("prism.core.reward._math_verify", lambda prediction, truth: False)
     assert compute_score("mm_gad", reply(answer), truth, {})["score"] == 1.0
+
+
+def test_an_equivalent_answer_of_the_row_counts_as_the_ground_truth():
+    """The reference's math-verify data sources list equivalent answers beside the ground truth (§4.3)."""
+    listed = {"equivalent_answers": ["twelve", "a dozen"]}
+    assert compute_score("math-77k", reply("a dozen"), "12", listed)["score"] == 1.0
+    assert compute_score("math-77k", reply("a dozen"), "12", {})["score"] == pytest.approx(0.2)
+    assert compute_score("math-77k", reply("eleven"), "12", listed)["score"] == pytest.approx(0.2)
+
+
+def test_preparation_hands_the_reward_the_rows_equivalent_answers(tmp_path):
+    """verl gives a custom reward function the row's extra_info, not its reward_model: the prepared set
+    carries the equivalents there, `__EMPTY__` meaning none."""
+    import pandas as pd
+
+    from prism.data import synthetic
+    from prism.data.__main__ import verl_row
+    from prism.data.prepare import prepare
+
+    rows = [verl_row(example, i, "train") for i, example in enumerate(synthetic.examples(2, seed=0))]
+    rows[0]["reward_model"] |= {"equivalent_answers": ["twelve"]}
+    rows[1]["reward_model"] |= {"equivalent_answers": ["__EMPTY__"]}
+    (tmp_path / "raw").mkdir()
+    pd.DataFrame(rows).to_parquet(tmp_path / "raw" / "rl.parquet")
+    prepare("rl", tmp_path / "raw", tmp_path / "rl", 0.0)
+    prepared = pd.read_parquet(tmp_path / "rl" / "train.parquet").to_dict("records")
+    assert [list(row["extra_info"]["equivalent_answers"]) for row in prepared] == [["twelve"], []]
+    assert prepared[0]["extra_info"]["question"] == rows[0]["extra_info"]["question"]

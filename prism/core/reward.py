@@ -153,11 +153,21 @@ def judge(prediction: str, truth: str) -> bool:
     return _single_match(prediction, truth) or _math_verify(prediction, truth)
 
 
-def compute_score(response: str, ground_truth: str, accuracy_weight: float = 0.8, format_weight: float = 0.2):
-    """Score one decoded response: {'score', 'acc', 'format'}; a malformed response scores 0."""
+def compute_score(
+    response: str,
+    ground_truth: str,
+    accuracy_weight: float = 0.8,
+    format_weight: float = 0.2,
+    equivalent_answers: tuple[str, ...] = (),
+):
+    """Score one decoded response: {'score', 'acc', 'format'}; a malformed response scores 0. An answer
+    matching the ground truth or one of its `equivalent_answers` (the reference's math-verify data
+    sources list them) is correct."""
     segments = parse_response(response)
     if not segments.valid:
         return {"score": 0.0, "acc": 0.0, "format": 0.0}
     answer = segments.answer
-    acc = 0.0 if not answer or len(answer) >= MAX_ANSWER_CHARS else float(judge(answer, str(ground_truth)))
+    truths = [str(ground_truth), *(str(a) for a in equivalent_answers)]
+    correct = any(judge(answer, truth) for truth in truths)
+    acc = 0.0 if not answer or len(answer) >= MAX_ANSWER_CHARS else float(correct)
     return {"score": accuracy_weight * acc + format_weight, "acc": acc, "format": 1.0}

@@ -355,9 +355,30 @@ def prepare_parquet(
             if tally.check(where, record, lambda r: verl_row(r, columns == ALIGN_COLUMNS, teacher_length))
             is not None
         ]
-        tables.append(table.take(kept))
+        tables.append(equivalents_in_extra_info(table.take(kept)))
     pq.write_table(pa.concat_tables(tables, promote_options="default"), out / "train.parquet")
     return {"file": "train.parquet"}
+
+
+def equivalents_in_extra_info(table):
+    """verl hands a custom reward function a row's `extra_info`, not its `reward_model`, so the reference's
+    `reward_model.equivalent_answers` (`__EMPTY__`: none) are copied into `extra_info` for the reward."""
+    import pyarrow as pa
+
+    reward_model = table.schema.field("reward_model").type
+    if not pa.types.is_struct(reward_model) or reward_model.get_field_index("equivalent_answers") < 0:
+        return table
+
+    def listed(value) -> list[str]:
+        values = [value] if isinstance(value, str) else list(value or [])
+        return [str(v) for v in values if str(v).strip() and str(v) != "__EMPTY__"]
+
+    models, infos = table.column("reward_model").to_pylist(), table.column("extra_info").to_pylist()
+    extra = [
+        dict(info or {}, equivalent_answers=listed((model or {}).get("equivalent_answers")))
+        for model, info in zip(models, infos, strict=True)
+    ]
+    return table.set_column(table.schema.get_field_index("extra_info"), "extra_info", pa.array(extra))
 
 
 def teacher_length(spec: dict) -> TeacherLength | None:

@@ -26,12 +26,6 @@ from prism.core.segments import first_answer
 SOURCE = "prism"
 # Base URL of the judge's OpenAI API (the evaluation job sets it); unset, no sample goes to a judge.
 JUDGE_URL = "PRISM_JUDGE_URL"
-JUDGE_PROMPT = (
-    "You are a strict evaluator. Decide whether the model's final answer to the question is equivalent "
-    "to the reference answer.\n\nQuestion:\n{question}\n\nReference answer:\n{truth}\n\n"
-    "Model response:\n{response}\n\nOutput 1 if the final answer is equivalent, 0 if it is not. "
-    "Output only the digit."
-)
 
 
 @dataclass(frozen=True)
@@ -252,7 +246,11 @@ def judge_agrees(question: str, truth: str, response: str, attempts: int = 3) ->
     url = os.environ.get(JUDGE_URL)
     if not url:
         return False
-    prompt = JUDGE_PROMPT.format(question=question, truth=truth, response=response)
+    from lmms_eval.llm_judge.prompt import BINARY_JUDGE_PROMPT  # the prompt PRISM's fallback sends
+
+    prompt = BINARY_JUDGE_PROMPT.format(
+        question=question, answer=truth, prediction=response, positive="1", negative="0"
+    )
     body = {
         "model": "judge",
         "messages": [{"role": "user", "content": prompt}],

@@ -18,4 +18,7 @@ def compute_score(
     format_weight: float = 0.2,
     **_: object,
 ) -> dict:
-    return reward.compute_score(solution_str, ground_truth, accuracy_weight, format_weight)
+    # preparation copies the row's reward_model.equivalent_answers here: verl passes a custom reward
+    # function extra_info, not reward_model
+    equivalents = tuple((extra_info or {}).get("equivalent_answers") or ())
+    return reward.compute_score(solution_str, ground_truth, accuracy_weight, format_weight, equivalents)
