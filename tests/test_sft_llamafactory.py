@@ -282,3 +282,61 @@ def test_llamafactory_trains_the_paper_yaml_on_the_tiny_model_resumes_a_killed_r
     model, processor = load_model(str(tmp_path / "out")), load_processor(str(tmp_path / "out"))
     assert type(model).__name__ == "Qwen3VLForConditionalGeneration"
     assert processor.chat_template == template
+
+
+# LLaMA-Factory's own parser on the rendered YAML builds transformers' TrainingArguments, whose DeepSpeed
+# config is filled from them; the Trainer fills the rest from the model and the step count before
+# deepspeed.initialize, and DeepSpeed's own config class judges the result.
+ZERO3_VERDICT = textwrap.dedent(
+    """\
+    import json, sys
+    from pathlib import Path
+    from types import SimpleNamespace
+    import yaml
+    from deepspeed.runtime.config import DeepSpeedConfig
+    from llamafactory.hparams.parser import _parse_train_args
+    from transformers import AutoConfig
+
+    settings = yaml.safe_load(Path(sys.argv[1]).read_text())
+    _, _, training_args, _, _ = _parse_train_args(settings)
+    filled = training_args.hf_deepspeed_config
+    # the finalize reads only the model's config (hidden size); loading the model itself would now go
+    # through ZeRO-3's partitioned init, which needs a process group
+    model = SimpleNamespace(config=AutoConfig.from_pretrained(sys.argv[2]))
+    filled.trainer_config_finalize(training_args, model, num_training_steps=100)
+    verdict = DeepSpeedConfig(filled.config)
+    print(json.dumps({
+        "zero_stage": verdict.zero_optimization_stage,
+        "micro_batch": verdict.train_micro_batch_size_per_gpu,
+        "grad_accum": verdict.gradient_accumulation_steps,
+        "train_batch": verdict.train_batch_size,
+        "bf16": verdict.bfloat16_config.enabled,
+        "gradient_clipping": verdict.gradient_clipping,
+        "gather_16bit_weights_on_save": verdict.zero_config.gather_16bit_weights_on_model_save,
+    }))
+    """
+)
+
+
+@needs_llamafactory
+def test_deepspeed_accepts_the_zero3_config_as_llamafactory_fills_it_from_the_paper_yaml(
+    paper_sft, tiny_dir, tmp_path
+):
+    """One process, so DeepSpeed counts a world of 1; `use_cpu` only because transformers refuses bf16
+    without a GPU, and bf16 reaches the config all the same."""
+    settings = training_yaml(paper_sft, tiny_dir, tmp_path / "sft", tmp_path / "out", None)
+    config_file = tmp_path / "sft.yaml"
+    config_file.write_text(yaml.safe_dump(settings | {"use_cpu": True}, sort_keys=False))
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    command = [str(LLAMAFACTORY_BIN / "python"), "-c", ZERO3_VERDICT, str(config_file), str(tiny_dir)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.splitlines()[-1]) == {
+        "zero_stage": 3,
+        "micro_batch": paper_sft["batch_size"],
+        "grad_accum": paper_sft["grad_accum"],
+        "train_batch": paper_sft["batch_size"] * paper_sft["grad_accum"],
+        "bf16": True,
+        "gradient_clipping": 1.0,
+        "gather_16bit_weights_on_save": True,
+    }
