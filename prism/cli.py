@@ -49,7 +49,10 @@ def plan(args) -> None:
         measured = calibration(jobs, Path(args.calibrate))
         if not measured:
             sys.exit(f"prism plan: no benchmark records of these jobs under {args.calibrate}")
-        print(f"\nMeasured in {args.calibrate} (Snakemake's benchmark files; GPU peak: verl's metrics):")
+        print(
+            f"\nMeasured in {args.calibrate} (Snakemake's benchmark files; GPU peak: verl's metrics and the "
+            "engines' manifests; rank RSS: the largest rank's host peak where no GPU ran):"
+        )
         print(calibration_table(jobs, measured, stages))
 
 

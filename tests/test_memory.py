@@ -2,6 +2,7 @@
 DeepSpeed's ZeRO arithmetic, shapes read from a checkpoint's config.json as transformers builds it, and
 `prism plan` / `prism preflight` marking and refusing what does not fit."""
 
+import json
 import os
 import subprocess
 import sys
@@ -186,7 +187,7 @@ def test_tiny_plan_estimates_nothing_on_the_cpu_engines():
 
 
 def test_calibration_reads_snakemakes_own_benchmark_records_beside_the_plan(workflow_copy, tmp_path):
-    from prism.cluster.memory import read_benchmark
+    from prism.cluster.memory import peak_memory, peak_memory_per_rank, read_benchmark
 
     run = tmp_path / "run"
     run.mkdir()
@@ -204,6 +205,11 @@ def test_calibration_reads_snakemakes_own_benchmark_records_beside_the_plan(work
     record = run / "results/benchmarks/sft/qwen3-vl-4b.tsv"
     record.parent.mkdir(parents=True)
     record.write_bytes((run / "bench.tsv").read_bytes())
+    # and the per-rank peaks its engine wrote in its manifest, as the warmup writes them on CPU
+    manifest = run / "results/models/sft/qwen3-vl-4b/manifest.json"
+    manifest.parent.mkdir(parents=True)
+    ranks = [peak_memory(), {"host_rss_gib": 0.5}]
+    manifest.write_text(json.dumps({"metrics": {"peak_memory": peak_memory_per_rank(ranks)}}))
     args = [
         sys.executable,
         "-m",
@@ -221,3 +227,4 @@ def test_calibration_reads_snakemakes_own_benchmark_records_beside_the_plan(work
     assert row[:2] == ["sft", "1/2"]  # one of the two SFT jobs measured
     assert float(row[2]) == pytest.approx(wall / 3600, abs=0.01) and float(row[3]) == 48.0
     assert float(row[4]) == pytest.approx(rss / 1024, abs=0.01) and row[6] == "-"
+    assert float(row[8]) == pytest.approx(max(rank["host_rss_gib"] for rank in ranks), abs=0.01)

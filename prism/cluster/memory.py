@@ -783,15 +783,34 @@ def table(stages: list[StageMemory], capacity_gib: float, mem_mb: dict[str, int]
 # -- calibration: what a finished run recorded --------------------------------------------------------
 
 
+def peak_memory() -> dict[str, float]:
+    """This process's memory peak, for its stage's manifest: the most GPU memory torch allocated where
+    CUDA is in use, else the host's peak resident set (ru_maxrss, KiB on Linux), each named as such."""
+    import resource
+
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return {"gpu_allocated_gib": torch.cuda.max_memory_allocated() / GIB}
+    return {"host_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB}
+
+
+def peak_memory_per_rank(peaks: list[dict[str, float]]) -> dict[str, list[float]]:
+    """The ranks' `peak_memory()` in rank order, as the manifest's `metrics.peak_memory`."""
+    return {kind: [round(peak[kind], 4) for peak in peaks] for kind in peaks[0]}
+
+
 @dataclass
 class Measured:
-    """A rule's records in a finished run: Snakemake's benchmark files and the peak GPU memory verl
-    logs (perf/max_memory_allocated_gb in the run's metrics.csv)."""
+    """A rule's records in a finished run: Snakemake's benchmark files, the peak GPU memory verl logs
+    (perf/max_memory_allocated_gb in the run's metrics.csv), and the per-rank peaks an engine writes in
+    its manifest (`metrics.peak_memory`: GPU memory allocated, or a rank's host RSS where no GPU ran)."""
 
     jobs: int = 0
     hours: float = 0.0  # the longest job's wall time
     max_rss_mb: float = 0.0
     gpu_peak_gib: float | None = None
+    rank_rss_gib: float | None = None  # the largest rank's host peak, from the manifest
 
 
 def read_benchmark(path: Path) -> tuple[float, float]:
@@ -829,25 +848,38 @@ def calibration(jobs, run_dir: Path) -> dict[str, Measured]:
         entry.hours = max(entry.hours, wall / 3600)
         entry.max_rss_mb = max(entry.max_rss_mb, rss)
         for output in job.outputs:
-            peak = gpu_peak(run_dir / Path(output).parent / "metrics.csv")
+            peaks = manifest_peaks(run_dir / Path(output).parent / "manifest.json")
+            logged = gpu_peak(run_dir / Path(output).parent / "metrics.csv")
+            peak = max([*peaks["gpu"], *([] if logged is None else [logged])], default=None)
             if peak is not None:
                 entry.gpu_peak_gib = max(entry.gpu_peak_gib or 0.0, peak)
+            if peaks["host"]:
+                entry.rank_rss_gib = max(entry.rank_rss_gib or 0.0, *peaks["host"])
     return measured
+
+
+def manifest_peaks(manifest: Path) -> dict[str, list[float]]:
+    """The per-rank peaks a stage recorded in its manifest: GPU memory allocated, and host RSS."""
+    recorded = {}
+    if manifest.is_file():
+        recorded = json.loads(manifest.read_text()).get("metrics", {}).get("peak_memory", {})
+    return {"gpu": recorded.get("gpu_allocated_gib", []), "host": recorded.get("host_rss_gib", [])}
 
 
 def calibration_table(jobs, measured: dict[str, Measured], stages: list[StageMemory]) -> str:
     """Measured hours, max RSS and GPU peak beside the plan's hours, mem_mb and estimates."""
     lines = [
         f"{'stage':<32}{'measured':>9}{'h/job':>8}{'planned':>9}{'max RSS GiB':>13}{'mem_mb GiB':>12}"
-        f"{'GPU peak GiB':>14}{'estimate':>10}"
+        f"{'GPU peak GiB':>14}{'estimate':>10}{'rank RSS GiB':>14}"
     ]
     for rule, entry in measured.items():
         planned = [j for j in jobs if j.rule == rule]
         estimate = [s.gpu_bytes / GIB for s in stages if s.rule == rule]
         peak = f"{entry.gpu_peak_gib:.1f}" if entry.gpu_peak_gib is not None else "-"
+        rank_rss = f"{entry.rank_rss_gib:.2f}" if entry.rank_rss_gib is not None else "-"
         lines.append(
             f"{rule:<32}{entry.jobs:>4}/{len(planned):<4}{entry.hours:>8.2f}{planned[0].hours:>9.2f}"
             f"{entry.max_rss_mb / 1024:>13.2f}{planned[0].mem_mb / 1024:>12.1f}{peak:>14}"
-            f"{max(estimate) if estimate else float('nan'):>10.1f}"
+            f"{max(estimate) if estimate else float('nan'):>10.1f}{rank_rss:>14}"
         )
     return "\n".join(lines)
