@@ -48,7 +48,6 @@ rule tables:
                 "variants": CFG.eval.variants,
                 "policies": [p.model_dump() for p in CFG.policies],
                 "paper_results": CFG.tables.paper_results,
-                "ablations": None,  # a target of its own: rules/ablations.smk
             }
         ),
         eval_root=lambda wc, input: Path(input.scores[0]).parents[2],

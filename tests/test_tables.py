@@ -19,7 +19,6 @@ CONFIG = {
     "variants": ["sft", "prism-grpo"],
     "policies": [POLICY],
     "paper_results": str(ROOT / "config" / "paper_results.csv"),
-    "ablations": None,
 }
 SCORES = {("sft", "mathvista"): 70.0, ("sft", "mmmu"): 50.0, ("sft", "hallusionbench"): 69.0}
 SCORES |= {("prism-grpo", "mathvista"): 80.0, ("prism-grpo", "mmmu"): 60.0}  # hallusionbench missing

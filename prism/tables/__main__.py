@@ -8,9 +8,8 @@ perception.csv (per variant, the captions' agreement with the scene beside the a
 differences.csv (each PRISM-initialised variant minus its SFT-initialised counterpart, paired intervals),
 ours_vs_paper.svg, and curves_<stage>.svg from the metrics.csv beside each trained artifact given with
 --runs. Intervals need the per-sample values a record keeps (the CPU evaluator's); without them they
-stay empty. With ablation rows configured, also ablations.csv in the
-layout of the paper's ablation table and ablations_vs_paper.csv. A missing score leaves its cell empty,
-never zero.
+stay empty. A missing score leaves its cell empty, never zero. The ablation table is
+prism.tables.ablations, a target of its own.
 """
 
 from __future__ import annotations
@@ -197,32 +196,6 @@ def versus_rows(cfg: dict, grid: dict, columns: list[str], paper: dict) -> list[
     return rows
 
 
-def ablation_tables(ablations: dict, benchmarks: list[str], eval_root: Path, columns: list[str]):
-    """The ablation rows (setting, the variant measuring it) of one policy, ours and beside the paper's."""
-    policy, missing = ablations["policy"], []
-    with Path(ablations["paper_results"]).open() as handle:
-        paper = {(r["model"], r["setting"]): r for r in csv.DictReader(handle)}
-    ours = [["model", "setting", "variant", *columns]]
-    versus = [["model", "setting", "benchmark", "ours", "paper", "diff"]]
-    for setting, variant in ablations["rows"]:
-        scores = []
-        for benchmark in benchmarks:
-            path = eval_root / policy["name"] / variant / f"{benchmark}.json"
-            scores.append(read_score(path))
-            if scores[-1] is None:
-                missing.append(f"ablation {setting!r} {BENCHMARKS[benchmark]}: no score in {path}")
-        values = dict(zip(columns, [*scores, average(scores)], strict=True))
-        ours.append(
-            [policy["paper_name"] or policy["name"], setting, variant, *(cell(values[c]) for c in columns)]
-        )
-        published = paper.get((policy["paper_name"], setting), {})
-        for column in columns:
-            theirs = float(published[column]) if published.get(column) else None
-            diff = None if values[column] is None or theirs is None else values[column] - theirs
-            versus.append([policy["name"], setting, column, cell(values[column]), cell(theirs), cell(diff)])
-    return ours, versus, missing
-
-
 def write_csv(path: Path, rows: list[list[str]]) -> None:
     with path.open("w", newline="") as handle:
         csv.writer(handle).writerows(rows)
@@ -264,12 +237,6 @@ def main(argv: list[str] | None = None) -> None:
     write_csv(args.out / "main_ci.csv", ci_rows(cfg, grid, intervals, columns))
     write_csv(args.out / "perception.csv", perception_rows(cfg, samples, benchmark_columns))
     write_csv(args.out / "differences.csv", difference_rows(cfg, samples, benchmark_columns))
-    if cfg["ablations"]:
-        ours, versus, missing = ablation_tables(cfg["ablations"], cfg["benchmarks"], args.eval_root, columns)
-        for line in missing:
-            print(f"warning: {line}; its cell and the row's Avg stay empty", file=sys.stderr)
-        write_csv(args.out / "ablations.csv", ours)
-        write_csv(args.out / "ablations_vs_paper.csv", versus)
     for policy in cfg["policies"]:
         ours = {(v, c): grid[policy["name"], v, c] for v in cfg["variants"] for c in columns}
         theirs = {

@@ -10,12 +10,39 @@ beside the published number). A missing score leaves its cell empty, never zero.
 from __future__ import annotations
 
 import argparse
+import csv
 import sys
 from pathlib import Path
 
 from prism.core.config import BENCHMARKS
 from prism.core.training import parse_slice
-from prism.tables.__main__ import ablation_tables, write_csv
+from prism.tables.__main__ import average, cell, read_score, write_csv
+
+
+def ablation_tables(ablations: dict, benchmarks: list[str], eval_root: Path, columns: list[str]):
+    """The ablation rows (setting, the variant measuring it) of one policy, ours and beside the paper's."""
+    policy, missing = ablations["policy"], []
+    with Path(ablations["paper_results"]).open() as handle:
+        paper = {(r["model"], r["setting"]): r for r in csv.DictReader(handle)}
+    ours = [["model", "setting", "variant", *columns]]
+    versus = [["model", "setting", "benchmark", "ours", "paper", "diff"]]
+    for setting, variant in ablations["rows"]:
+        scores = []
+        for benchmark in benchmarks:
+            path = eval_root / policy["name"] / variant / f"{benchmark}.json"
+            scores.append(read_score(path))
+            if scores[-1] is None:
+                missing.append(f"ablation {setting!r} {BENCHMARKS[benchmark]}: no score in {path}")
+        values = dict(zip(columns, [*scores, average(scores)], strict=True))
+        ours.append(
+            [policy["paper_name"] or policy["name"], setting, variant, *(cell(values[c]) for c in columns)]
+        )
+        published = paper.get((policy["paper_name"], setting), {})
+        for column in columns:
+            theirs = float(published[column]) if published.get(column) else None
+            diff = None if values[column] is None or theirs is None else values[column] - theirs
+            versus.append([policy["name"], setting, column, cell(values[column]), cell(theirs), cell(diff)])
+    return ours, versus, missing
 
 
 def main(argv: list[str] | None = None) -> None:
