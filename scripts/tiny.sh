@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up, then build the main table in tiny mode on the CPU (about 5 minutes on 2 cores) and print it.
+# Set up, then build the main table in tiny mode on the CPU and print it.
 # Other targets, such as the ablation table: bash scripts/tiny.sh tiny/results/tables/ablations.csv
 set -euo pipefail
 cd "$(dirname "$0")/.."
