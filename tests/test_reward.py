@@ -137,6 +137,7 @@ def test_preparation_hands_the_reward_the_rows_equivalent_answers(tmp_path):
 
     from prism.data import synthetic
     from prism.data.__main__ import verl_row
+    from prism.data.formats import RL_COLUMNS, read_parquet_rows
     from prism.data.prepare import prepare
 
     rows = [verl_row(example, i, "train") for i, example in enumerate(synthetic.examples(2, seed=0))]
@@ -148,3 +149,5 @@ def test_preparation_hands_the_reward_the_rows_equivalent_answers(tmp_path):
     prepared = pd.read_parquet(tmp_path / "rl" / "train.parquet").to_dict("records")
     assert [list(row["extra_info"]["equivalent_answers"]) for row in prepared] == [["twelve"], []]
     assert prepared[0]["extra_info"]["question"] == rows[0]["extra_info"]["question"]
+    read = read_parquet_rows(tmp_path / "rl" / "train.parquet", RL_COLUMNS)  # as the CPU RL engine reads it
+    assert [row["equivalent_answers"] for row in read] == [("twelve",), ()]

@@ -27,7 +27,7 @@ class DataError(InputError):
 
 
 def read_parquet_rows(path: str | Path, required: tuple[str, ...]) -> list[dict]:
-    """Rows with a decoded PIL `image` and, where present, `ground_truth`."""
+    """Rows with a decoded PIL `image` and, where present, `ground_truth` and its `equivalent_answers`."""
     import pandas as pd
 
     path = Path(path)
@@ -46,6 +46,8 @@ def read_parquet_rows(path: str | Path, required: tuple[str, ...]) -> list[dict]
         row = dict(record, prompt=list(record["prompt"]), image=decode_image(images[0], f"{path} row {i}"))
         if "reward_model" in record:
             row["ground_truth"] = str(record["reward_model"]["ground_truth"])
+            equivalents = (record.get("extra_info") or {}).get("equivalent_answers")  # copied at preparation
+            row["equivalent_answers"] = () if equivalents is None else tuple(str(a) for a in equivalents)
         rows.append(row)
     return rows
 

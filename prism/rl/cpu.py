@@ -31,7 +31,13 @@ def sample_groups(policy, processor, rows, cfg, algo, rng):
         group_rows = [r for r in picked for _ in range(n)]
         rollouts = generate(policy, processor, group_rows, cfg["max_response_length"], cfg["temperature"])
         scores = [
-            compute_score(t, r["ground_truth"], cfg["accuracy_weight"], cfg["format_weight"])
+            compute_score(
+                t,
+                r["ground_truth"],
+                cfg["accuracy_weight"],
+                cfg["format_weight"],
+                r.get("equivalent_answers", ()),
+            )
             for t, r in zip(rollouts.texts, group_rows, strict=True)
         ]
         generated_batches += 1
