@@ -1,19 +1,20 @@
 """PrismAlignTrainer's hooks of verl's step (`_compute_values`, `_compute_advantage`, `_update_critic`)
-driven on CPU: a step's rollouts put into TransferQueue as verl's agent loop lays them out, the critic
-workers' two calls answered in this process by the discriminator class verl loads, and what the hooks
-write back compared with what the CPU engine computes from the same texts.
+driven on CPU: a step's rollouts put into TransferQueue (its controller and storage actors on a local Ray
+instance) as verl's agent loop lays them out, the critic workers' two calls answered in this process by the
+discriminator class verl loads, and what the hooks write back compared with what the CPU engine computes
+from the same texts.
 
-verl's worker group is replaced (its TrainingWorker needs CUDA); the trainer, its batch fields, the
-TransferQueue metadata and the discriminator class are the real ones.
+verl's worker group is replaced (its TrainingWorker needs CUDA); the trainer, its batch fields,
+TransferQueue and the discriminator class are the real ones.
 """
 
 import copy
+import os
 from types import SimpleNamespace
 
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from test_align_verl import InMemoryTransferQueue
 from test_verl_models import load_as_verl_does
 from verl.utils import tensordict_utils as tu
 
@@ -80,6 +81,24 @@ class InProcessCritic:
 
 
 @pytest.fixture(scope="module")
+def transfer_queue():
+    """TransferQueue as verl's task runner starts it (tq.init), on a Ray instance of this process."""
+    import ray
+    import transfer_queue as tq
+    from omegaconf import OmegaConf
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    temp_dir = f"/tmp/ray_prism-tq-{os.getpid()}"
+    ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False, _temp_dir=temp_dir)
+    try:
+        tq.init(OmegaConf.create({"backend": {"SimpleStorage": {"num_data_storage_units": 1}}}))
+        yield tq
+        tq.close()
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
 def step(tiny_dir, disc_dir):
     """Two prompts with two rollouts each (one on format, one not) and a padding sample, as verl's agent
     loop puts them: prompt and response ids, (4, L) positions, the prompt's pixels, the rule reward."""
@@ -140,12 +159,10 @@ def cpu_engine_scores(disc, processor, samples, segments):
     return disc(inputs)
 
 
-def test_the_hooks_score_advantage_and_update_as_the_cpu_engine_does(step, disc_dir, monkeypatch):
+def test_the_hooks_score_advantage_and_update_as_the_cpu_engine_does(step, disc_dir, transfer_queue):
     from prism.verl import align_trainer
 
-    queue = InMemoryTransferQueue()
-    monkeypatch.setattr(align_trainer, "tq", queue)
-    monkeypatch.setattr(align_trainer.ray, "get", lambda futures: [])
+    queue = transfer_queue
     keys = [f"step1_{i}" for i in range(len(step.fields))]
     tags = [{}] * (len(keys) - 1) + [{"is_padding": True}]
     batch = queue.kv_batch_put(keys=keys, partition_id="train", fields=step.fields, tags=tags)
@@ -210,6 +227,4 @@ def test_the_hooks_score_advantage_and_update_as_the_cpu_engine_does(step, disc_
     assert scored.teacher_caption.numel() == 2
     assert torch.allclose(model.score.weight.grad, disc.v_head[1].weight.grad, atol=1e-6)
     assert metrics["prism/disc/grad_norm"] == 1.0
-    assert not queue.store.keys() - {
-        ("train", key) for key in keys
-    }  # the discriminator's partition is cleared
+    assert not queue.kv_list(align_trainer.PARTITION).get(align_trainer.PARTITION)  # cleared after each call
