@@ -3,6 +3,9 @@
 ZeRO-2's micro batch set where `accelerator.prepare` needs it."""
 
 import json
+import os
+import subprocess
+import textwrap
 from argparse import Namespace
 from pathlib import Path
 
@@ -14,7 +17,7 @@ from prism.core.modeling import load_model, load_processor
 from prism.data.__main__ import main as make_data
 from prism.data.formats import DataError
 from prism.discriminator import stages
-from prism.discriminator.accelerated import DEEPSPEED_CONFIG
+from prism.discriminator.accelerated import DEEPSPEED_CONFIG, launch_command
 from prism.discriminator.model import Discriminator
 from prism.discriminator.pairs import WarmupLines, pairs_of, sequences
 from prism.discriminator.upcycle import save_upstream_layout, upcycle
@@ -146,9 +149,97 @@ def test_the_dense_discriminators_zero_balance_loss_is_on_the_models_device(tiny
 
 
 def test_the_zero2_config_is_found_in_the_package_whatever_the_jobs_working_directory():
-    from prism.discriminator.accelerated import launch_command
-
     assert DEEPSPEED_CONFIG.is_absolute() and DEEPSPEED_CONFIG.is_file()
     assert f"--deepspeed_config_file {DEEPSPEED_CONFIG} " in launch_command(8, 4)
     zero2 = json.loads(Path(DEEPSPEED_CONFIG).read_text())
     assert zero2["zero_optimization"]["stage"] == 2 and zero2["train_micro_batch_size_per_gpu"] == "auto"
+
+
+DISCRIMINATOR_BIN = Path(__file__).resolve().parent.parent / ".venv-discriminator" / "bin"
+needs_deepspeed = pytest.mark.skipif(
+    not (DISCRIMINATOR_BIN / "accelerate").exists() and not os.environ.get("PRISM_REQUIRE_DISCRIMINATOR"),
+    reason="no .venv-discriminator (bash scripts/setup-discriminator.sh)",
+)
+
+# What each process `accelerate launch` starts runs instead of `-m prism.discriminator`: the warmup module,
+# after the two things a GPU node does differently, keeping the engine deepspeed.initialize returns, whose
+# config DeepSpeed's own class built and judged from what accelerate filled in.
+CPU_RANK = textwrap.dedent(
+    """\
+    import json, os, runpy, sys
+    from pathlib import Path
+    import deepspeed
+    import deepspeed.ops
+    from accelerate import PartialState
+
+    # DeepSpeed's CPU accelerator JIT-compiles a shared-memory allreduce when its first process group opens
+    # (13 min on two busy cores); gloo works without it. CUDA's accelerator has no such op.
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    # Without a GPU, accelerate's DeepSpeed path finds no backend and counts one process; its CPU path opens
+    # the gloo group that DeepSpeed then joins.
+    PartialState(cpu=True)
+    engines, initialize = [], deepspeed.initialize
+    deepspeed.initialize = lambda *args, **kwargs: engines.append(initialize(*args, **kwargs)) or engines[-1]
+    sys.argv = ["prism.discriminator", *sys.argv[1:]]
+    runpy.run_module("prism.discriminator", run_name="__main__", alter_sys=True)
+    [(engine, *_)] = engines
+    verdict = engine._config  # deepspeed.runtime.config.DeepSpeedConfig
+    Path(os.environ["VERDICTS"], f"rank{os.environ['RANK']}.json").write_text(json.dumps({
+        "zero_stage": verdict.zero_optimization_stage,
+        "micro_batch": verdict.train_micro_batch_size_per_gpu,
+        "grad_accum": verdict.gradient_accumulation_steps,
+        "train_batch": verdict.train_batch_size,
+        "bf16": verdict.bfloat16_config.enabled,
+        "gradient_clipping": verdict.gradient_clipping,
+        "world_size": verdict.world_size,
+        "optimizer_steps": engine.global_steps,
+    }))
+    """
+)
+
+
+@needs_deepspeed
+def test_two_processes_train_the_warmup_under_zero2_as_the_rules_launcher_starts_them(
+    moe_dir, warmup_data, tmp_path
+):
+    """The rule's `accelerate launch --use_deepspeed` line with ds_zero2.json, 2 processes on gloo: the real
+    Accelerator, `prepare` building DeepSpeed's ZeRO-2 engine, micro-steps, clipping and optimizer steps
+    through it, the held-out metrics gathered, and save_state writing one optimizer shard per rank.
+    DeepSpeed's config class judged the config as accelerate filled it; the engine took every step."""
+    rank = tmp_path / "cpu_rank.py"
+    rank.write_text(CPU_RANK)
+    (tmp_path / "verdicts").mkdir()
+    grad_accum, pairs_per_process = 2, 2
+    warmup = dict(WARMUP, engine="accelerate", batch_size=pairs_per_process, grad_accum=grad_accum)
+    config = {"architecture": "moe", "sees_images": True, "value_head_dropout": 0.1, "warmup": warmup}
+    command = [*launch_command(2, grad_accum).split(), str(rank), "warmup", "--config", json.dumps(config)]
+    command += ["--model", str(moe_dir), "--data", str(warmup_data), "--out", str(tmp_path / "out")]
+    command += ["--work", str(tmp_path / "work"), "--threads", "2"]
+    env = dict(os.environ, PATH=f"{DISCRIMINATOR_BIN}:{os.environ['PATH']}", DS_ACCELERATOR="cpu")
+    env["VERDICTS"] = str(tmp_path / "verdicts")
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    metrics = json.loads((tmp_path / "out" / "manifest.json").read_text())["metrics"]
+    assert metrics["processes"] == 2 and metrics["steps"] == 3  # 24 pairs, 8 a step
+    assert metrics["pairs_per_step"] == 2 * pairs_per_process * grad_accum == 8
+    assert {"heldout_acc_before", "heldout_acc_after"} <= set(metrics)
+    # no CUDA: each rank's host peak, named as such
+    assert list(metrics["peak_memory"]) == ["host_rss_gib"]
+    assert len(metrics["peak_memory"]["host_rss_gib"]) == 2
+    assert all(0.1 < peak < 8 for peak in metrics["peak_memory"]["host_rss_gib"])
+    for process in (0, 1):
+        verdict = json.loads((tmp_path / "verdicts" / f"rank{process}.json").read_text())
+        assert verdict == {
+            "zero_stage": 2,
+            "micro_batch": pairs_per_process,
+            "grad_accum": grad_accum,
+            "train_batch": metrics["pairs_per_step"],
+            "bf16": True,
+            "gradient_clipping": 1.0,
+            "world_size": 2,
+            "optimizer_steps": 3,
+        }
+    [state] = (tmp_path / "work").glob("*/accelerate_state-00000003")
+    shards = sorted(path.name for path in (state / "pytorch_model").glob("*optim_states.pt"))
+    assert shards == [f"bf16_zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)]

@@ -9,6 +9,7 @@ import time
 import torch
 from accelerate.utils import gather_object
 
+from prism.cluster.memory import peak_memory, peak_memory_per_rank
 from prism.core.errors import InputError
 from prism.core.losses import bradley_terry
 from prism.core.manifest import MANIFEST, write_manifest
@@ -181,7 +182,7 @@ def warmup_stage(args) -> None:
         loss, balance_loss, acc, gap = accelerator.reduce(logged, "mean").tolist()
         run.record(step + 1, loss=loss, balance=balance_loss, acc=acc, gap=gap)
     after = heldout_metrics(accelerator, disc, processor, data, heldout, cfg, sees_images) if heldout else {}
-    accelerator.wait_for_everyone()
+    peaks = gather_object([peak_memory()])  # every rank's, in rank order
     if not accelerator.is_main_process:
         return
     disc = accelerator.unwrap_model(disc)
@@ -200,6 +201,7 @@ def warmup_stage(args) -> None:
             "final_loss": losses[-1],
             **{f"heldout_{k}_before": v for k, v in before.items()},
             **{f"heldout_{k}_after": v for k, v in after.items()},
+            "peak_memory": peak_memory_per_rank(peaks),
         }
     )
 
