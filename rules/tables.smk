@@ -21,6 +21,21 @@ rule tables:
             caption="../report/versus.rst",
             category="Tables",
         ),
+        intervals=report(
+            f"{RESULTS}/tables/main_ci.csv",
+            caption="../report/intervals.rst",
+            category="Tables",
+        ),
+        perception=report(
+            f"{RESULTS}/tables/perception.csv",
+            caption="../report/perception.rst",
+            category="Tables",
+        ),
+        differences=report(
+            f"{RESULTS}/tables/differences.csv",
+            caption="../report/differences.rst",
+            category="Tables",
+        ),
         comparison=report(
             expand(f"{RESULTS}/tables/ours_vs_paper_{{policy}}.svg", policy=POLICIES),
             caption="../report/comparison.rst",

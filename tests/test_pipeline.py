@@ -135,8 +135,28 @@ def test_report_holds_the_tables_the_comparison_and_the_curves(finished):
     report = (finished / "report.html").read_text()
     shown = ("main.csv", "main_vs_paper.csv", "ablations.csv", "ours_vs_paper_tiny.svg", "curves_rl.svg")
     assert [name for name in shown if name not in report] == []
+    assert [name for name in ("main_ci.csv", "perception.csv", "differences.csv") if name not in report] == []
     curves = (finished / f"{RESULTS}/tables/curves_discriminator.svg").read_text()
-    assert "polyline" in curves and "no curve recorded" not in curves
+    assert 'id="curve ' in curves and "no curve recorded" not in curves
+    align = (finished / f"{RESULTS}/tables/curves_align.svg").read_text()
+    assert all(f"prism/tiny {metric}" in align for metric in ("perception", "answer_acc", "caption_gap"))
+
+
+def test_benchmarks_leave_headroom_and_every_cell_has_its_interval(finished):
+    rows = read_csv(finished / f"{RESULTS}/tables/main.csv")
+    trained = [r for r in rows if r["variant"] != "instruct"]
+    columns = [c for c in rows[0] if c not in ("policy", "variant")]
+    assert [c for c in columns if all(float(r[c]) >= 95 for r in trained)] == []
+    assert [c for c in columns if max(float(r[c]) for r in trained) < 40] == []  # no column all at chance
+    cells = read_csv(finished / f"{RESULTS}/tables/main_ci.csv")
+    assert len(cells) == len(rows) * len(columns)
+    for c in cells:
+        low, score, high = float(c["ci_low"]), float(c["score"]), float(c["ci_high"])
+        assert low <= score <= high and high - low <= 13, c  # 256 samples: a standard error <= 3.1
+    perception = {r["variant"]: r for r in read_csv(finished / f"{RESULTS}/tables/perception.csv")}
+    assert set(perception) == {r["variant"] for r in rows}
+    assert float(perception["sft"]["perception"]) > float(perception["instruct"]["perception"]) + 10
+    assert {r["variant"] for r in read_csv(finished / f"{RESULTS}/tables/differences.csv")} >= {"prism"}
 
 
 def test_no_secret_reaches_a_result_a_log_the_work_state_or_the_report(finished):
