@@ -176,6 +176,24 @@ def base_model(name: str) -> str:
     return f"{INPUTS}/models/{name}/{MANIFEST}"
 
 
+def prepare_spec(dataset: str) -> dict:
+    """The align set's teachers are length-checked with every policy's tokenizer (method-reference B6)."""
+    if dataset != "align":
+        return {}
+    tokenizers = [f"{INPUTS}/models/{policy.model}" for policy in CFG.policies]
+    return {
+        "teacher_tokens": {
+            "max_tokens": CFG.align.max_response_length,
+            "tokenizer_dirs": sorted(set(tokenizers)),
+        }
+    }
+
+
+def tokenizer_manifests(spec: dict) -> list[str]:
+    dirs = spec.get("teacher_tokens", {}).get("tokenizer_dirs", [])
+    return [f"{path}/{MANIFEST}" for path in dirs]
+
+
 def sft_checkpoint(policy: str) -> str:
     if CFG.sft.source == "released":
         return released(CFG.sft.released[policy])

@@ -36,24 +36,6 @@ rule fetch_dataset:
         " --out $(dirname {output.manifest}) > {log} 2>&1"
 
 
-def prepare_spec(dataset: str) -> dict:
-    """The align set's teachers are length-checked with every policy's tokenizer (method-reference B6)."""
-    if dataset != "align":
-        return {}
-    tokenizers = [f"{INPUTS}/models/{policy.model}" for policy in CFG.policies]
-    return {
-        "teacher_tokens": {
-            "max_tokens": CFG.align.max_response_length,
-            "tokenizer_dirs": sorted(set(tokenizers)),
-        }
-    }
-
-
-def tokenizer_manifests(spec: dict) -> list[str]:
-    dirs = spec.get("teacher_tokens", {}).get("tokenizer_dirs", [])
-    return [f"{path}/{MANIFEST}" for path in dirs]
-
-
 rule prepare_dataset:
     """A fetched set checked row by row and written as its stage reads it; rejected rows are counted by reason."""
     input:
