@@ -187,7 +187,8 @@ def test_tiny_plan_estimates_nothing_on_the_cpu_engines():
 
 
 def test_calibration_reads_snakemakes_own_benchmark_records_beside_the_plan(workflow_copy, tmp_path):
-    from prism.cluster.memory import peak_memory, peak_memory_per_rank, read_benchmark
+    from prism.cluster.memory import read_benchmark
+    from prism.core.manifest import peak_memory, peak_memory_per_rank
 
     run = tmp_path / "run"
     run.mkdir()

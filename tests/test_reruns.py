@@ -90,9 +90,10 @@ def test_a_behaviour_edit_reruns_exactly_the_jobs_whose_code_holds_it(built):
     reward = built / "prism" / "core" / "reward.py"
     with edited(reward, lambda s: s.replace("MAX_ANSWER_CHARS = 1024", "MAX_ANSWER_CHARS = 2048")):
         counts, output = planned(built)
-    # the RL reward and the CPU evaluator's scoring: every RL run, every evaluation, the main table
-    assert set(counts) == {"rl", "evaluate", "tables", "all"}
-    assert counts["rl"] == 6 and counts["evaluate"] == 9
+    # the RL reward, the answer accuracy the CPU alignment logs and the CPU evaluator's scoring: the
+    # alignment, every RL run, every evaluation, the main table; not the discriminator's jobs
+    assert set(counts) == {"align", "rl", "evaluate", "tables", "all"}
+    assert counts["align"] == 1 and counts["rl"] == 6 and counts["evaluate"] == 9
     assert "Params have changed since last execution" in output
     trainer = built / "prism" / "verl" / "align_trainer.py"  # the GPU engine: not what tiny mode runs
     with edited(trainer, lambda s: s + "\nUNUSED_ON_CPU = 1\n"):

@@ -783,23 +783,6 @@ def table(stages: list[StageMemory], capacity_gib: float, mem_mb: dict[str, int]
 # -- calibration: what a finished run recorded --------------------------------------------------------
 
 
-def peak_memory() -> dict[str, float]:
-    """This process's memory peak, for its stage's manifest: the most GPU memory torch allocated where
-    CUDA is in use, else the host's peak resident set (ru_maxrss, KiB on Linux), each named as such."""
-    import resource
-
-    import torch
-
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        return {"gpu_allocated_gib": torch.cuda.max_memory_allocated() / GIB}
-    return {"host_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB}
-
-
-def peak_memory_per_rank(peaks: list[dict[str, float]]) -> dict[str, list[float]]:
-    """The ranks' `peak_memory()` in rank order, as the manifest's `metrics.peak_memory`."""
-    return {kind: [round(peak[kind], 4) for peak in peaks] for kind in peaks[0]}
-
-
 @dataclass
 class Measured:
     """A rule's records in a finished run: Snakemake's benchmark files, the peak GPU memory verl logs

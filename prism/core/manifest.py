@@ -70,3 +70,20 @@ def write_manifest(
     }
     write_json_atomic(path, manifest)
     return manifest
+
+
+def peak_memory() -> dict[str, float]:
+    """This process's memory peak, for its stage's manifest: the most GPU memory torch allocated where
+    CUDA is in use, else the host's peak resident set (ru_maxrss, KiB on Linux), each named as such."""
+    import resource
+
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return {"gpu_allocated_gib": torch.cuda.max_memory_allocated() / 1024**3}
+    return {"host_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1024**3}
+
+
+def peak_memory_per_rank(peaks: list[dict[str, float]]) -> dict[str, list[float]]:
+    """The ranks' `peak_memory()` in rank order, as the manifest's `metrics.peak_memory`."""
+    return {kind: [round(peak[kind], 4) for peak in peaks] for kind in peaks[0]}

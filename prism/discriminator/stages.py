@@ -9,10 +9,9 @@ import time
 import torch
 from accelerate.utils import gather_object
 
-from prism.cluster.memory import peak_memory, peak_memory_per_rank
 from prism.core.errors import InputError
 from prism.core.losses import bradley_terry
-from prism.core.manifest import MANIFEST, write_manifest
+from prism.core.manifest import MANIFEST, peak_memory, peak_memory_per_rank, write_manifest
 from prism.core.modeling import cap_image_pixels, load_model, load_processor, model_config, save_processor
 from prism.core.tracking import AcceleratedCurves, job_tracking
 from prism.core.training import TrainingRun, epoch_batch, optimizer_and_schedule, setup
