@@ -117,7 +117,7 @@ def test_reduced_config_and_released_checkpoints_shrink_the_plan(workflow_copy):
     )
     jobs = plan_jobs(workflow_copy, [overlay], ["results/tables/main.csv"], forceall=True)
     assert counts(jobs) == {
-        "fetch_model": 1,  # the judge
+        "fetch_model": 2,  # the judge, and the policy's base model: its tokenizer measures the align set
         "fetch_dataset": 2,
         "prepare_dataset": 2,
         "fetch_released": 2,
