@@ -351,7 +351,9 @@ def test_a_real_lmms_eval_run_of_our_variant_is_normalised_into_the_benchmark_re
         assert len(judge.asked) == 1  # only the sample the rule called wrong
         prompt = judge.asked[0]["messages"][0]["content"]
         # the response as lmms-eval hands it on: its default reasoning_tags drop the <think> block
-        assert "Reference answer:\nB" in prompt and "<caption>two bars</caption><answer>A</answer>" in prompt
+        # lmms-eval's own BINARY_JUDGE_PROMPT, filled with the truth and the whole response
+        assert "Ground Truth Answer:\n```\nB\n```" in prompt and "assessing answer correctness" in prompt
+        assert "<caption>two bars</caption><answer>A</answer>" in prompt
 
 
 # A data set card naming the split's files, as the Hub's parquet repos have
