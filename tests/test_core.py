@@ -134,10 +134,10 @@ def test_benchmarks_grade_difficulty_and_leave_the_training_images_as_they_were(
     assert graded[0].scene.image().tobytes() == plain[0].scene.image().tobytes()
 
     def shape_pixels(scene):
-        return sum(pixel == COLOURS[scene.colour] for pixel in scene.image().getdata())
+        return sum(pixel == COLOURS[scene.colour] for pixel in scene.image().get_flattened_data())
 
     # from level 1 on, no pixel keeps the clean colour, and speckles cover more of the image each level
     assert shape_pixels(plain[1].scene) > 0 and shape_pixels(graded[1].scene) == 0
     scenes = [replace(graded[0].scene, level=level) for level in range(LEVELS)]
-    white = [sum(p == (255, 255, 255) for p in scene.image().getdata()) for scene in scenes]
+    white = [sum(p == (255, 255, 255) for p in scene.image().get_flattened_data()) for scene in scenes]
     assert white == sorted(white, reverse=True) and len(set(white)) == LEVELS
