@@ -2,21 +2,13 @@
 micro-batch goes through the vision tower once, with the scores and gradients of one pass per copy."""
 
 import torch
-from transformers import AutoConfig, AutoModelForTokenClassification
+from test_align_verl import load_as_verl_does
 
 from prism.core.modeling import load_processor
 from prism.core.segments import parse_response
 from prism.data import synthetic
 from prism.discriminator.model import Discriminator, render
 from prism.verl import models
-
-
-def load_as_verl_does(path):
-    config = AutoConfig.from_pretrained(path)
-    config.num_labels, config.classifier_dropout = 1, 0.0  # what verl's FSDP engine sets
-    return AutoModelForTokenClassification.from_pretrained(
-        pretrained_model_name_or_path=str(path), torch_dtype=torch.float32, config=config
-    ).eval()
 
 
 def images_encoded(visual) -> list[int]:
