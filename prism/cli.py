@@ -50,8 +50,9 @@ def plan(args) -> None:
         if not measured:
             sys.exit(f"prism plan: no benchmark records of these jobs under {args.calibrate}")
         print(
-            f"\nMeasured in {args.calibrate} (Snakemake's benchmark files; GPU peak: verl's metrics and the "
-            "engines' manifests; rank RSS: the largest rank's host peak where no GPU ran):"
+            f"\nMeasured in {args.calibrate} (Snakemake's benchmark files; GPU peak: torch's allocated peak "
+            "in verl's metrics and the trainers' manifests; GPU used: NVML's memory in use per GPU while an "
+            "evaluation's vLLM ran; rank RSS: the largest rank's, or evaluation child's, host peak):"
         )
         print(calibration_table(jobs, measured, stages))
 

@@ -229,6 +229,7 @@ def test_sft_learns_and_a_rerun_resumes_from_the_work_directory(tiny_dir, tmp_pa
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["metrics"]["steps"] == 16
     assert manifest["metrics"]["final_loss"] < 0.7 * manifest["metrics"]["first_loss"]
+    assert [0.1 < peak < 8 for peak in manifest["metrics"]["peak_memory"]["host_rss_gib"]] == [True]
     assert set(manifest["inputs"]) == {f"{tiny_dir}/manifest.json", f"{tmp_path / 'data'}/manifest.json"}
     rerun = run_sft(tiny_dir, tmp_path / "data", tmp_path / "out", tmp_path / "work", {"epochs": 2})
     assert "resumed from step 16" in rerun.stdout

@@ -546,7 +546,11 @@ def test_an_evaluation_job_serves_the_judge_runs_each_benchmark_and_resumes(
     # the data sets come from the fetched cache, offline
     assert (seen["HF_HUB_OFFLINE"], seen["HF_HUB_CACHE"]) == ("1", str(tmp_path / "benchmarks" / "hub"))
     manifest = json.loads((args.out / "manifest.json").read_text())
+    peaks = manifest["metrics"].pop("peak_memory")
     assert manifest["metrics"] == {"mmmu": 49.0, "hallusionbench": 61.0, "mmmu_pro": 50.0}
+    # no GPU answers nvidia-smi here: the largest child's peak RSS (the stand-ins, a Python each)
+    assert list(peaks) == ["child_rss_gib"] and len(peaks["child_rss_gib"]) == 1
+    assert 0.005 < peaks["child_rss_gib"][0] < 2
     assert SYSTEM_PROMPT.splitlines()[0] in (args.work / "chat_template.jinja").read_text()
 
     # a benchmark whose scoring uses no judge: none is started, and the model has every GPU

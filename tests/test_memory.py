@@ -211,6 +211,15 @@ def test_calibration_reads_snakemakes_own_benchmark_records_beside_the_plan(work
     manifest.parent.mkdir(parents=True)
     ranks = [peak_memory(), {"host_rss_gib": 0.5}]
     manifest.write_text(json.dumps({"metrics": {"peak_memory": peak_memory_per_rank(ranks)}}))
+    # an evaluation job's: NVML's memory in use on its two GPUs (the judge's and the policy's vLLM)
+    evaluation = run / "results/eval/qwen3-vl-4b/instruct"
+    evaluation.mkdir(parents=True)
+    (evaluation / "manifest.json").write_text(
+        json.dumps({"metrics": {"mathvista": 60.0, "peak_memory": {"gpu_used_gib": [131.2, 75.5]}}})
+    )
+    eval_record = run / "results/benchmarks/eval/qwen3-vl-4b/instruct.tsv"
+    eval_record.parent.mkdir(parents=True)
+    eval_record.write_bytes((run / "bench.tsv").read_bytes())
     args = [
         sys.executable,
         "-m",
@@ -227,5 +236,43 @@ def test_calibration_reads_snakemakes_own_benchmark_records_beside_the_plan(work
     row = next(line.split() for line in measured if line.startswith("sft "))
     assert row[:2] == ["sft", "1/2"]  # one of the two SFT jobs measured
     assert float(row[2]) == pytest.approx(wall / 3600, abs=0.01) and float(row[3]) == 48.0
-    assert float(row[4]) == pytest.approx(rss / 1024, abs=0.01) and row[6] == "-"
-    assert float(row[8]) == pytest.approx(max(rank["host_rss_gib"] for rank in ranks), abs=0.01)
+    assert float(row[4]) == pytest.approx(rss / 1024, abs=0.01) and row[6:8] == ["-", "-"]
+    assert float(row[9]) == pytest.approx(max(rank["host_rss_gib"] for rank in ranks), abs=0.01)
+    row = next(line.split() for line in measured if line.startswith("evaluate "))
+    assert row[6:8] == ["-", "131.2"] and row[9] == "-"  # in use, not torch's allocated peak
+
+
+# Stands in for nvidia-smi on a node of three GPUs: each call prints the next of three samples of
+# `--query-gpu=index,uuid,memory.used --format=csv,noheader,nounits`, then the last one again.
+FAKE_NVIDIA_SMI = """#!/bin/sh
+[ "$1 $2" = "--query-gpu=index,uuid,memory.used --format=csv,noheader,nounits" ] || exit 2
+calls=$(cat "$0.calls" 2>/dev/null || echo 0); echo $((calls + 1)) > "$0.calls"
+case $calls in
+  0) echo "0, GPU-aaa, 1024"; echo "1, GPU-bbb, 500"; echo "2, GPU-ccc, 2048" ;;
+  1) echo "0, GPU-aaa, 61440"; echo "1, GPU-bbb, 900"; echo "2, GPU-ccc, 40960" ;;
+  *) echo "0, GPU-aaa, 30720"; echo "1, GPU-bbb, 100"; echo "2, GPU-ccc, 51200" ;;
+esac
+"""
+
+
+def test_an_evaluation_records_each_gpu_s_peak_in_use_or_its_largest_child_s_rss(tmp_path, monkeypatch):
+    """The evaluation engine's peaks: NVML's memory in use per GPU of the job (named by index or UUID, as
+    CUDA_VISIBLE_DEVICES names them), the most of any sample; with no GPU to ask, its children's RSS."""
+    import time
+
+    from prism.eval.lmms import MemoryPeaks
+
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text(FAKE_NVIDIA_SMI)
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    calls = tmp_path / "nvidia-smi.calls"
+    with MemoryPeaks(["2", "GPU-aaa"], interval_s=0.01) as peaks:
+        while not calls.is_file() or int(calls.read_text() or 0) < 4:
+            time.sleep(0.01)
+    assert peaks.record() == {"gpu_used_gib": [50.0, 60.0]}  # GPU 2's third sample, GPU 0's second
+
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no nvidia-smi
+    with MemoryPeaks(["0"]) as peaks:
+        subprocess.run([sys.executable, "-c", "held = b'x' * 300_000_000"], check=True)
+    assert list(peaks.record()) == ["child_rss_gib"] and peaks.record()["child_rss_gib"][0] > 0.27

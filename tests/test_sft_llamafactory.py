@@ -17,35 +17,51 @@ from prism.core.config import load_config
 from prism.core.manifest import write_manifest
 from prism.sft.llamafactory import DEEPSPEED_ZERO3, latest_checkpoint, launch, training_yaml
 
-# Stands in for `llamafactory-cli train FILE`: checks torchrun was asked for, resumes from the checkpoint it
-# is given, logs every step as trainer_log.jsonl lines, saves every 2 steps, can crash after a step, and
-# writes the model then all_results.json at the end.
-FAKE_CLI = textwrap.dedent(
+# Stands in for torchrun and LLaMA-Factory's `run_exp`: checks torchrun was asked for this job's ranks of
+# prism.sft.llamafactory, then runs that module's own entry point with a run_exp that resumes from the
+# checkpoint it is given, logs every step as trainer_log.jsonl lines, saves every 2 steps, can crash after
+# a step, ends training through the callbacks it was given, and writes the model then all_results.json.
+FAKE_TORCHRUN = textwrap.dedent(
     """\
     #!{python}
-    import json, os, sys
+    import json, os, runpy, sys, types
     from pathlib import Path
     import yaml
-    assert sys.argv[1] == "train" and os.environ["FORCE_TORCHRUN"] == "1"
-    args = yaml.safe_load(Path(sys.argv[2]).read_text())
-    out, total = Path(args["output_dir"]), 6
-    Path(os.environ["SEEN"]).open("a").write(json.dumps(args) + "\\n")
-    resume = args.get("resume_from_checkpoint")
-    start = int(resume.rsplit("-", 1)[1]) if resume else 0
-    with open(out / "trainer_log.jsonl", "a") as log:
-        for step in range(start + 1, total + 1):
-            log.write(json.dumps({{"current_steps": step, "total_steps": total, "loss": 2.0 / step,
-                                  "lr": 1e-5, "epoch": step / total}}) + "\\n")
-            if step % 2 == 0:
-                (out / f"checkpoint-{{step}}").mkdir(exist_ok=True)
-                (out / f"checkpoint-{{step}}" / "trainer_state.json").write_text("{{}}")
-            if step == int(os.environ.get("CRASH_AFTER", 0)):
-                (out / "checkpoint-6").mkdir()  # a save the crash cut short: no trainer_state.json
-                sys.exit(1)
-    (out / "model.safetensors").write_text("weights")
-    (out / "config.json").write_text("{{}}")
-    (out / "training_args.bin").write_text("state")
-    (out / "all_results.json").write_text(json.dumps({{"train_loss": 0.9}}))
+    from transformers import TrainerControl, TrainerState
+
+    module = sys.argv.index("-m")
+    assert sys.argv[module + 1] == "prism.sft.llamafactory" and "--nproc_per_node=8" in sys.argv[1:module]
+
+    def run_exp(callbacks):
+        args = yaml.safe_load(Path(sys.argv[1]).read_text())
+        out, total = Path(args["output_dir"]), 6
+        Path(os.environ["SEEN"]).open("a").write(json.dumps(args) + "\\n")
+        resume = args.get("resume_from_checkpoint")
+        start = int(resume.rsplit("-", 1)[1]) if resume else 0
+        with open(out / "trainer_log.jsonl", "a") as log:
+            for step in range(start + 1, total + 1):
+                log.write(json.dumps({{"current_steps": step, "total_steps": total, "loss": 2.0 / step,
+                                      "lr": 1e-5, "epoch": step / total}}) + "\\n")
+                if step % 2 == 0:
+                    (out / f"checkpoint-{{step}}").mkdir(exist_ok=True)
+                    (out / f"checkpoint-{{step}}" / "trainer_state.json").write_text("{{}}")
+                if step == int(os.environ.get("CRASH_AFTER", 0)):
+                    (out / "checkpoint-6").mkdir()  # a save the crash cut short: no trainer_state.json
+                    sys.exit(1)
+        for callback in callbacks:
+            callback.on_train_end(None, TrainerState(is_world_process_zero=True), TrainerControl())
+        (out / "model.safetensors").write_text("weights")
+        (out / "config.json").write_text("{{}}")
+        (out / "training_args.bin").write_text("state")
+        (out / "all_results.json").write_text(json.dumps({{"train_loss": 0.9}}))
+
+    tuner = types.ModuleType("llamafactory.train.tuner")
+    tuner.run_exp = run_exp
+    for name in ("llamafactory", "llamafactory.train"):
+        sys.modules[name] = types.ModuleType(name)
+    sys.modules["llamafactory.train.tuner"] = tuner
+    sys.argv = [sys.argv[0], *sys.argv[module + 2 :]]
+    runpy.run_module("prism.sft.llamafactory", run_name="__main__")
     """
 )
 
@@ -122,23 +138,34 @@ def test_the_yaml_names_the_data_set_preparation_registers(paper_sft, tmp_path):
 
 
 def test_torchrun_spans_one_node_directly_and_several_through_srun(tmp_path):
-    command, env = launch(Path("/w/sft.yaml"), nodes=1, gpus_per_node=8, environ={"PATH": "/bin"})
-    assert command == ["llamafactory-cli", "train", "/w/sft.yaml"]
-    assert (env["FORCE_TORCHRUN"], env["NNODES"], env["NPROC_PER_NODE"], env["NODE_RANK"]) == (
-        "1",
-        "1",
-        "8",
-        "0",
-    )
+    peaks = Path("/w/peak_memory.json")
+    command, env = launch(Path("/w/sft.yaml"), peaks, nodes=1, gpus_per_node=8, environ={"PATH": "/bin"})
+    assert command[:5] == [
+        "torchrun",
+        "--nnodes=1",
+        "--nproc_per_node=8",
+        "--master_addr=127.0.0.1",
+        command[4],
+    ]
+    assert command[5:] == ["--node_rank=0", "-m", "prism.sft.llamafactory", "/w/sft.yaml", str(peaks)]
+    assert int(command[4].removeprefix("--master_port=")) > 0
+    assert env["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"  # as llamafactory-cli's launcher sets
 
     scontrol = tmp_path / "scontrol"  # the job's nodes, as Slurm expands its compressed list
     scontrol.write_text("#!/bin/sh\necho gpu-a01\necho gpu-a02\n")
     scontrol.chmod(scontrol.stat().st_mode | stat.S_IEXEC)
     environ = {"PATH": f"{tmp_path}:/bin", "SLURM_JOB_NODELIST": "gpu-a[01-02]"}
-    command, env = launch(Path("/w/sft.yaml"), nodes=2, gpus_per_node=8, environ=environ)
+    command, env = launch(Path("/w/sft.yaml"), peaks, nodes=2, gpus_per_node=8, environ=environ)
     assert command[:5] == ["srun", "--overlap", "--nodes=2", "--ntasks-per-node=1", "--kill-on-bad-exit=1"]
-    assert command[-1] == 'NODE_RANK="$SLURM_NODEID" exec llamafactory-cli train /w/sft.yaml'
-    assert (env["NNODES"], env["MASTER_ADDR"]) == ("2", "gpu-a01") and int(env["MASTER_PORT"]) > 0
+    per_node = command[-1].split()
+    assert per_node[:5] == ["exec", "torchrun", "--nnodes=2", "--nproc_per_node=8", "--master_addr=gpu-a01"]
+    assert per_node[6:] == [
+        '--node_rank="$SLURM_NODEID"',
+        "-m",
+        "prism.sft.llamafactory",
+        "/w/sft.yaml",
+        str(peaks),
+    ]
 
 
 def test_an_incomplete_checkpoint_is_never_resumed_from(tmp_path):
@@ -153,8 +180,8 @@ def test_an_incomplete_checkpoint_is_never_resumed_from(tmp_path):
 def test_a_failed_job_resumes_from_its_last_checkpoint_and_exports_only_when_finished(paper_sft, tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    cli = bin_dir / "llamafactory-cli"
-    cli.write_text(FAKE_CLI.format(python=sys.executable))
+    cli = bin_dir / "torchrun"
+    cli.write_text(FAKE_TORCHRUN.format(python=sys.executable))
     cli.chmod(cli.stat().st_mode | stat.S_IEXEC)
     for name in ("model", "data"):
         write_manifest(tmp_path / name / "manifest.json", name, [], {})
@@ -178,6 +205,9 @@ def test_a_failed_job_resumes_from_its_last_checkpoint_and_exports_only_when_fin
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["metrics"]["resumed_from"] == "checkpoint-4" and manifest["metrics"]["steps"] == 6
     assert manifest["metrics"]["train_loss"] == 0.9
+    # RankPeakMemory, given to run_exp by the rank's entry point, recorded the one rank's host peak
+    assert list(manifest["metrics"]["peak_memory"]) == ["host_rss_gib"]
+    assert [0.05 < peak < 8 for peak in manifest["metrics"]["peak_memory"]["host_rss_gib"]] == [True]
     assert manifest["engine"]["arguments"]["learning_rate"] == 1.0e-5
     curve = (out / "metrics.csv").read_text().splitlines()
     assert curve[0] == "step,loss,lr" and [row.split(",")[0] for row in curve[1:]] == list("123456")
@@ -215,7 +245,8 @@ def real_training(paper_sft, tiny_dir, data, output_dir, resume, datasets_cache)
     del settings["deepspeed"]  # ZeRO-3 partitions over GPUs; one CPU process trains the whole model
     config_file = output_dir.parent / "sft.yaml"
     config_file.write_text(yaml.safe_dump(settings | ON_CPU, sort_keys=False))
-    command, env = launch(config_file, nodes=1, gpus_per_node=1, datasets_cache=datasets_cache)
+    peaks = output_dir.parent / "peak_memory.json"
+    command, env = launch(config_file, peaks, nodes=1, gpus_per_node=1, datasets_cache=datasets_cache)
     env |= {"PATH": f"{LLAMAFACTORY_BIN}:{env['PATH']}", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
     log = (output_dir.parent / f"train-{'resumed' if resume else 'first'}.log").open("w")
     return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
@@ -233,10 +264,10 @@ def process_tree(pid: int) -> list[int]:
 def test_llamafactory_trains_the_paper_yaml_on_the_tiny_model_resumes_a_killed_run_and_exports(
     paper_sft, tiny_dir, tmp_path
 ):
-    """`llamafactory-cli train` under torchrun on the YAML rendered for the paper, with only what needs a
+    """LLaMA-Factory's training under torchrun on the YAML rendered for the paper, with only what needs a
     GPU swapped (ON_CPU): 16 examples, 8 steps, a checkpoint every 2. Killed once checkpoint-4 is
     complete, resumed from it; the export carries the base's multimodal chat template and loads with the
-    next stages' loaders."""
+    next stages' loaders, and the rank recorded its memory peak at the end of training."""
     import signal
     import time
 
@@ -258,6 +289,7 @@ def test_llamafactory_trains_the_paper_yaml_on_the_tiny_model_resumes_a_killed_r
         os.kill(pid, signal.SIGKILL)
     first.wait(timeout=60)
     assert not (output_dir / "all_results.json").exists()
+    assert not (tmp_path / "work" / "peak_memory.json").exists()  # written when training ends
     assert any(cache.iterdir())  # the tokenized set is cached in the work directory, not in ~/.cache
 
     resume = latest_checkpoint(output_dir)
@@ -271,6 +303,11 @@ def test_llamafactory_trains_the_paper_yaml_on_the_tiny_model_resumes_a_killed_r
     assert list(steps) == list(range(1, 9)) and all(0 < row["loss"] < 20 for row in steps.values())
     state = json.loads((output_dir / "trainer_state.json").read_text())
     assert state["global_step"] == 8 and (output_dir / "all_results.json").is_file()
+    # the one CPU rank's peak resident set: the tiny model, its optimizer and LLaMA-Factory's process
+    peaks = json.loads((tmp_path / "work" / "peak_memory.json").read_text())
+    print(f"LLaMA-Factory rank peaks: {peaks}")
+    assert list(peaks) == ["host_rss_gib"] and len(peaks["host_rss_gib"]) == 1
+    assert 0.3 < peaks["host_rss_gib"][0] < 12
 
     export(output_dir, tmp_path / "out")
     exported = {path.name for path in (tmp_path / "out").iterdir()}

@@ -786,14 +786,17 @@ def table(stages: list[StageMemory], capacity_gib: float, mem_mb: dict[str, int]
 @dataclass
 class Measured:
     """A rule's records in a finished run: Snakemake's benchmark files, the peak GPU memory verl logs
-    (perf/max_memory_allocated_gb in the run's metrics.csv), and the per-rank peaks an engine writes in
-    its manifest (`metrics.peak_memory`: GPU memory allocated, or a rank's host RSS where no GPU ran)."""
+    (perf/max_memory_allocated_gb in the run's metrics.csv), and the peaks an engine writes in its
+    manifest (`metrics.peak_memory`): per rank, GPU memory torch allocated, or the rank's host RSS where no
+    GPU ran; for an evaluation, NVML's memory in use per GPU while vLLM ran (every process's, so not
+    comparable with torch's allocated figure), or its largest child process's host RSS."""
 
     jobs: int = 0
     hours: float = 0.0  # the longest job's wall time
     max_rss_mb: float = 0.0
-    gpu_peak_gib: float | None = None
-    rank_rss_gib: float | None = None  # the largest rank's host peak, from the manifest
+    gpu_peak_gib: float | None = None  # torch's allocated peak
+    gpu_used_gib: float | None = None  # NVML's in-use peak
+    rank_rss_gib: float | None = None  # the largest rank's (or evaluation child's) host peak
 
 
 def read_benchmark(path: Path) -> tuple[float, float]:
@@ -836,33 +839,41 @@ def calibration(jobs, run_dir: Path) -> dict[str, Measured]:
             peak = max([*peaks["gpu"], *([] if logged is None else [logged])], default=None)
             if peak is not None:
                 entry.gpu_peak_gib = max(entry.gpu_peak_gib or 0.0, peak)
+            if peaks["gpu_used"]:
+                entry.gpu_used_gib = max(entry.gpu_used_gib or 0.0, *peaks["gpu_used"])
             if peaks["host"]:
                 entry.rank_rss_gib = max(entry.rank_rss_gib or 0.0, *peaks["host"])
     return measured
 
 
 def manifest_peaks(manifest: Path) -> dict[str, list[float]]:
-    """The per-rank peaks a stage recorded in its manifest: GPU memory allocated, and host RSS."""
+    """The peaks a stage recorded in its manifest: GPU memory torch allocated (per rank), NVML's memory in
+    use (per GPU), and one process's host RSS (per rank, or an evaluation's largest child)."""
     recorded = {}
     if manifest.is_file():
-        recorded = json.loads(manifest.read_text()).get("metrics", {}).get("peak_memory", {})
-    return {"gpu": recorded.get("gpu_allocated_gib", []), "host": recorded.get("host_rss_gib", [])}
+        recorded = json.loads(manifest.read_text()).get("metrics", {}).get("peak_memory") or {}
+    return {
+        "gpu": recorded.get("gpu_allocated_gib", []),
+        "gpu_used": recorded.get("gpu_used_gib", []),
+        "host": recorded.get("host_rss_gib", []) + recorded.get("child_rss_gib", []),
+    }
 
 
 def calibration_table(jobs, measured: dict[str, Measured], stages: list[StageMemory]) -> str:
     """Measured hours, max RSS and GPU peak beside the plan's hours, mem_mb and estimates."""
     lines = [
         f"{'stage':<32}{'measured':>9}{'h/job':>8}{'planned':>9}{'max RSS GiB':>13}{'mem_mb GiB':>12}"
-        f"{'GPU peak GiB':>14}{'estimate':>10}{'rank RSS GiB':>14}"
+        f"{'GPU peak GiB':>14}{'GPU used GiB':>14}{'estimate':>10}{'rank RSS GiB':>14}"
     ]
     for rule, entry in measured.items():
         planned = [j for j in jobs if j.rule == rule]
         estimate = [s.gpu_bytes / GIB for s in stages if s.rule == rule]
         peak = f"{entry.gpu_peak_gib:.1f}" if entry.gpu_peak_gib is not None else "-"
+        used = f"{entry.gpu_used_gib:.1f}" if entry.gpu_used_gib is not None else "-"
         rank_rss = f"{entry.rank_rss_gib:.2f}" if entry.rank_rss_gib is not None else "-"
         lines.append(
             f"{rule:<32}{entry.jobs:>4}/{len(planned):<4}{entry.hours:>8.2f}{planned[0].hours:>9.2f}"
-            f"{entry.max_rss_mb / 1024:>13.2f}{planned[0].mem_mb / 1024:>12.1f}{peak:>14}"
+            f"{entry.max_rss_mb / 1024:>13.2f}{planned[0].mem_mb / 1024:>12.1f}{peak:>14}{used:>14}"
             f"{max(estimate) if estimate else float('nan'):>10.1f}{rank_rss:>14}"
         )
     return "\n".join(lines)

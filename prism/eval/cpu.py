@@ -12,7 +12,7 @@ import time
 import torch
 
 from prism.core.errors import InputError
-from prism.core.manifest import MANIFEST, write_json_atomic, write_manifest
+from prism.core.manifest import MANIFEST, peak_memory, peak_memory_per_rank, write_json_atomic, write_manifest
 from prism.core.modeling import generate, load_model, load_processor
 from prism.core.reward import compute_score
 from prism.core.segments import parse_response
@@ -90,6 +90,6 @@ def run(args) -> None:
         "eval",
         [f"{args.model}/{MANIFEST}", f"{args.data}/{MANIFEST}"],
         cfg,
-        summary,
+        summary | {"peak_memory": peak_memory_per_rank([peak_memory()])},  # one process: one rank
         started,
     )

@@ -12,6 +12,10 @@
   limit, and a chat template that adds the caption/think/answer system prompt where a task gives none.
 - The benchmarks' data sets are read offline from the cache `fetch_benchmarks` filled (prism/eval/fetch.py):
   compute nodes need no internet, and every job reads the same data.
+- The manifest's `metrics.peak_memory` is what vLLM's processes held: the most memory NVML reported in
+  use on each of the job's GPUs while they ran (`gpu_used_gib`), or where no GPU answers, the largest child
+  process's peak resident set (`child_rss_gib`). vLLM allocates in its own processes, so torch's counters
+  in this one would see none of it.
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import secrets
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from contextlib import contextmanager, nullcontext
@@ -123,6 +129,57 @@ class JudgeServer:
                 f"eval: {what}: the judge answered {len(failed)} request(s) with an error ({shown}); "
                 f"those samples would have been scored as wrong. See {self.log}"
             )
+
+
+def gpu_memory_used(devices: list[str]) -> list[float] | None:
+    """NVML's memory in use (MiB, every process's) on each of `devices`, named by index or UUID as
+    CUDA_VISIBLE_DEVICES names them, in that order, as nvidia-smi reports it; None where it cannot."""
+    query = ["nvidia-smi", "--query-gpu=index,uuid,memory.used", "--format=csv,noheader,nounits"]
+    try:
+        listing = subprocess.run(query, capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    used = {}
+    for line in listing.splitlines():
+        index, uuid, mib = (field.strip() for field in line.split(","))
+        used[index] = used[uuid] = float(mib)
+    return [used[device] for device in devices] if all(d in used for d in devices) else None
+
+
+class MemoryPeaks:
+    """The job's memory peak while its vLLM processes run: each GPU's most memory in use, sampled every
+    `interval_s` on a thread, else the largest child process's peak RSS (ru_maxrss of the children this
+    process waited for, KiB on Linux)."""
+
+    def __init__(self, devices: list[str], interval_s: float = 2.0):
+        self.devices, self.interval_s = devices, interval_s
+        self.gpu_peaks: list[float] | None = None
+        self.stopped = threading.Event()
+        self.sampler = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while True:
+            used = gpu_memory_used(self.devices)
+            if used is None:  # no GPU answers: the children's RSS is the figure
+                return
+            self.gpu_peaks = [max(pair) for pair in zip(self.gpu_peaks or used, used, strict=True)]
+            if self.stopped.wait(self.interval_s):
+                return
+
+    def __enter__(self) -> MemoryPeaks:
+        self.sampler.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stopped.set()
+        self.sampler.join()
+
+    def record(self) -> dict[str, list[float]]:
+        """The manifest's `metrics.peak_memory`."""
+        if self.gpu_peaks is not None:
+            return {"gpu_used_gib": [round(mib / 1024, 4) for mib in self.gpu_peaks]}
+        children_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        return {"child_rss_gib": [round(children_kib / 1024**2, 4)]}
 
 
 @contextmanager
@@ -267,7 +324,7 @@ def run(args) -> None:
         if any(b in judged for b in pending)
         else nullcontext(None)
     )
-    with serving as judge:
+    with MemoryPeaks(devices) as peaks, serving as judge:
         for benchmark in pending:
             scoring, output = cfg["scoring"][benchmark], work / "lmms_eval" / benchmark
             shutil.rmtree(output, ignore_errors=True)
@@ -292,4 +349,5 @@ def run(args) -> None:
         write_json_atomic(args.out / f"{benchmark}.json", record)
         summary[benchmark] = record["score"]
     inputs = [Path(d) / MANIFEST for d in args.inputs]
-    write_manifest(args.out / MANIFEST, "eval", inputs, cfg, summary, started, engine={"name": "lmms_eval"})
+    metrics = summary | {"peak_memory": peaks.record()}
+    write_manifest(args.out / MANIFEST, "eval", inputs, cfg, metrics, started, engine={"name": "lmms_eval"})

@@ -1,10 +1,14 @@
 """Stage 1 on LLaMA-Factory 0.9.5 (integration-reference §6): the training YAML rendered from the config
-slice, `llamafactory-cli train` under torchrun over the job's GPUs (one launcher per node through srun on
+slice, LLaMA-Factory's training under torchrun over the job's GPUs (one launcher per node through srun on
 several nodes), resumed from the last complete checkpoint in the work directory, and exported beside the
 manifest, which is written last.
 
 LLaMA-Factory writes `all_results.json` only after its final save, so that file, not the weights, says the
 training finished.
+
+torchrun starts this module's `train_rank` on every rank rather than `llamafactory-cli train`: the CLI's
+`run_exp()` takes no callbacks, and `run_exp(callbacks=...)` is how LLaMA-Factory adds one. Each rank's
+memory peak is recorded by RankPeakMemory and gathered into the manifest.
 """
 
 from __future__ import annotations
@@ -19,8 +23,9 @@ import time
 from pathlib import Path
 
 import yaml
+from transformers import TrainerCallback
 
-from prism.core.manifest import MANIFEST, write_manifest
+from prism.core.manifest import MANIFEST, peak_memory, peak_memory_per_rank, write_json_atomic, write_manifest
 from prism.core.tracking import job_tracking, llamafactory_environment, llamafactory_settings
 from prism.core.training import write_curves
 from prism.data.prepare import SFT_DATASET
@@ -29,6 +34,13 @@ DEEPSPEED_ZERO3 = Path(__file__).with_name("ds_z3.json")
 FINISHED = "all_results.json"
 # Files of LLaMA-Factory's output directory that are training state, not the model.
 NOT_EXPORTED = ("training_args.bin",)
+# Every rank's memory peak in the attempt that finished training, written by rank 0 in the work directory.
+PEAK_MEMORY = "peak_memory.json"
+# What llamafactory-cli's launcher sets for the torchrun ranks it starts (its OPTIM_TORCH default).
+LAUNCHER_ENVIRONMENT = {
+    "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True",
+    "TORCH_NCCL_AVOID_RECORD_STREAMS": "1",
+}
 
 
 def training_yaml(cfg: dict, model: Path, data: Path, output_dir: Path, resume: Path | None) -> dict:
@@ -91,24 +103,59 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
 
 
 def launch(
-    config_file: Path, nodes: int, gpus_per_node: int, environ=os.environ, datasets_cache: Path | None = None
+    config_file: Path,
+    peaks_file: Path,
+    nodes: int,
+    gpus_per_node: int,
+    environ=os.environ,
+    datasets_cache: Path | None = None,
 ) -> tuple[list[str], dict]:
-    """`llamafactory-cli train` under torchrun: directly on one node; on several, one launcher per node
-    through srun, each taking its rank from SLURM_NODEID and meeting on the first node. The tokenized data
-    set (tens of GB for the paper's 1.37M rows) is cached in `datasets_cache`, not in ~/.cache, and a
-    rerun finds it there."""
+    """torchrun over `train_rank`: directly on one node; on several, one launcher per node through srun,
+    each taking its rank from SLURM_NODEID and meeting on the first node. The tokenized data set (tens of
+    GB for the paper's 1.37M rows) is cached in `datasets_cache`, not in ~/.cache, and a rerun finds it
+    there."""
     from prism.cluster.ray_cluster import allocation_nodes, free_port
 
-    train = ["llamafactory-cli", "train", str(config_file)]
-    env = dict(environ, FORCE_TORCHRUN="1", NPROC_PER_NODE=str(gpus_per_node), NNODES=str(nodes))
+    env = dict(environ, **LAUNCHER_ENVIRONMENT)
     if datasets_cache is not None:
         env["HF_DATASETS_CACHE"] = str(datasets_cache)
+    master = allocation_nodes(environ)[0] if nodes > 1 else "127.0.0.1"
+    torchrun = ["torchrun", f"--nnodes={nodes}", f"--nproc_per_node={gpus_per_node}"]
+    torchrun += [f"--master_addr={master}", f"--master_port={free_port()}"]
+    train = ["-m", "prism.sft.llamafactory", str(config_file), str(peaks_file)]
     if nodes == 1:
-        return train, env | {"NODE_RANK": "0"}
-    env |= {"MASTER_ADDR": allocation_nodes(environ)[0], "MASTER_PORT": str(free_port())}
-    per_node = f'NODE_RANK="$SLURM_NODEID" exec {" ".join(train)}'
+        return [*torchrun, "--node_rank=0", *train], env
+    per_node = f'exec {" ".join(torchrun)} --node_rank="$SLURM_NODEID" {" ".join(train)}'
     srun = ["srun", "--overlap", f"--nodes={nodes}", "--ntasks-per-node=1", "--kill-on-bad-exit=1"]
     return [*srun, "bash", "-c", per_node], env
+
+
+class RankPeakMemory(TrainerCallback):
+    """At the end of training every rank's memory peak (prism.core.manifest.peak_memory: GPU memory
+    allocated where CUDA ran, else the host's peak RSS), gathered over the process group in rank order
+    and written by the first rank."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        import torch.distributed as dist
+
+        peaks = [peak_memory()]
+        if dist.is_available() and dist.is_initialized():
+            mine, peaks = peaks[0], [None] * dist.get_world_size()
+            dist.all_gather_object(peaks, mine)
+        if state.is_world_process_zero:
+            write_json_atomic(self.path, peak_memory_per_rank(peaks))
+
+
+def train_rank(config_file: Path, peaks_file: Path) -> None:
+    """One torchrun rank: LLaMA-Factory's `train` on the YAML, read from the command line as its CLI
+    reads it, with RankPeakMemory among the Trainer's callbacks."""
+    from llamafactory.train.tuner import run_exp
+
+    sys.argv = [sys.argv[0], str(config_file)]
+    run_exp(callbacks=[RankPeakMemory(peaks_file)])
 
 
 def curves(trainer_log: Path) -> dict[int, dict]:
@@ -143,6 +190,7 @@ def run(args) -> None:
     output_dir = (args.work / "llamafactory").resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
     resume, config_file = latest_checkpoint(output_dir), args.work / "llamafactory_sft.yaml"
+    peaks_file = args.work / PEAK_MEMORY
     if not (output_dir / FINISHED).is_file():
         if resume is None:  # LLaMA-Factory refuses a non-empty output directory without a checkpoint
             shutil.rmtree(output_dir)
@@ -155,8 +203,9 @@ def run(args) -> None:
         settings |= llamafactory_settings(tracking)
         config_file.write_text(yaml.safe_dump(settings, sort_keys=False))
         print(f"sft: LLaMA-Factory {'from ' + resume.name if resume else 'from the start'}", flush=True)
+        peaks_file.unlink(missing_ok=True)  # an earlier attempt's peaks are not this one's
         command, env = launch(
-            config_file, args.nodes, args.gpus_per_node, datasets_cache=args.work / "datasets"
+            config_file, peaks_file, args.nodes, args.gpus_per_node, datasets_cache=args.work / "datasets"
         )
         env |= llamafactory_environment(tracking)
         returncode = subprocess.run(command, env=env).returncode
@@ -183,7 +232,12 @@ def run(args) -> None:
             "first_loss": losses[0] if losses else None,
             "final_loss": losses[-1] if losses else None,
             "train_loss": results.get("train_loss"),
+            "peak_memory": json.loads(peaks_file.read_text()) if peaks_file.is_file() else None,
         },
         started,
         engine={"name": "llamafactory", "arguments": yaml.safe_load(config_file.read_text())},
     )
+
+
+if __name__ == "__main__":
+    train_rank(Path(sys.argv[1]), Path(sys.argv[2]))
