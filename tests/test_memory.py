@@ -276,3 +276,40 @@ def test_an_evaluation_records_each_gpu_s_peak_in_use_or_its_largest_child_s_rss
     with MemoryPeaks(["0"]) as peaks:
         subprocess.run([sys.executable, "-c", "held = b'x' * 300_000_000"], check=True)
     assert list(peaks.record()) == ["child_rss_gib"] and peaks.record()["child_rss_gib"][0] > 0.27
+
+
+def test_the_data_a_job_holds_is_part_of_its_host_need_checked_by_hand(paper_config, tmp_path):
+    """Per node, our estimate: RL's trainer decodes 8 workers x 2 prefetched + 1 batches of 32 prompts,
+    an image each of at most max_prompt_length=2048 visual tokens (1024 pixels a token, 27 bytes a pixel:
+    RGB and float32 pixel_values over 2 frames), and holds the prepared parquet twice (train, val); SFT's
+    8 ranks decode 4 workers x 2 + 1 batches of 2 images at image_max_pixels; the warmup's 8 ranks one
+    batch of 4 pairs x 2 sequences at max_pixels."""
+    from prism.cluster.memory import Estimator, Job
+    from prism.core.config import load_config
+
+    parquet = tmp_path / "results/data/rl/train.parquet"  # the prepared set, where the plan looks for it
+    parquet.parent.mkdir(parents=True)
+    parquet.write_bytes(b"\0" * 3_000_000)
+    estimator = Estimator(load_config(paper_config), tmp_path)
+
+    rl = estimator.estimate(Job("rl", {"policy": "qwen3-vl-4b", "algo": "grpo"}, 8, 1, 800_000))
+    images = (8 * 2 + 1) * 32 * 2048 * 1024 * 27  # 30.8 GB
+    assert rl.parts["host: images in flight, 17 batches x 32 at <= 2048 tokens, per node"][0] == images
+    assert rl.parts["host: prepared rl set, twice (train, val), per node"][0] == 6_000_000
+    states = rl.parts["host: offloaded states and parked vLLM weights, per node"][0]
+    assert rl.host_bytes == states + images + 6_000_000 and rl.fits
+
+    # a mem_mb the states fit in but not the data as well
+    short = int((states + images / 2) / 1024**2)
+    refused = estimator.estimate(Job("rl", {"policy": "qwen3-vl-4b", "algo": "grpo"}, 8, 1, short))
+    assert refused.problems == [
+        f"rl (qwen3-vl-4b grpo): holds about {(states + images + 6e6) / GIB:.0f} GiB of host memory per node "
+        f"but asks Slurm for mem_mb={short}; raise its resources.mem_mb or offload less"
+    ]
+
+    sft = estimator.estimate(Job("sft", {"policy": "qwen3-vl-4b"}, 8, 1, 800_000))
+    assert sft.parts["host: images in flight, 8 ranks x 9 batches x 2 at 1605632 px, per node"][0] == (
+        8 * 9 * 2 * 1_605_632 * 27  # 6.2 GB
+    )
+    warmup = estimator.estimate(Job("warmup_discriminator", {}, 8, 1, 800_000))
+    assert warmup.parts["host: images decoded, 8 ranks x 8 at 313600 px, per node"][0] == 8 * 8 * 313_600 * 27

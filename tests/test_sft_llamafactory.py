@@ -17,51 +17,40 @@ from prism.core.config import load_config
 from prism.core.manifest import write_manifest
 from prism.sft.llamafactory import DEEPSPEED_ZERO3, latest_checkpoint, launch, training_yaml
 
-# Stands in for torchrun and LLaMA-Factory's `run_exp`: checks torchrun was asked for this job's ranks of
-# prism.sft.llamafactory, then runs that module's own entry point with a run_exp that resumes from the
-# checkpoint it is given, logs every step as trainer_log.jsonl lines, saves every 2 steps, can crash after
-# a step, ends training through the callbacks it was given, and writes the model then all_results.json.
+# Stands in for torchrun over prism.sft.llamafactory_rank: checks torchrun was asked for this job's ranks of
+# it, resumes from the checkpoint it is given, logs every step as trainer_log.jsonl lines, saves every 2
+# steps, can crash after a step, writes the ranks' peaks as RankPeakMemory does when training ends, then
+# the model and all_results.json.
 FAKE_TORCHRUN = textwrap.dedent(
     """\
     #!{python}
-    import json, os, runpy, sys, types
+    import json, os, sys
     from pathlib import Path
     import yaml
-    from transformers import TrainerControl, TrainerState
-
     module = sys.argv.index("-m")
-    assert sys.argv[module + 1] == "prism.sft.llamafactory" and "--nproc_per_node=8" in sys.argv[1:module]
-
-    def run_exp(callbacks):
-        args = yaml.safe_load(Path(sys.argv[1]).read_text())
-        out, total = Path(args["output_dir"]), 6
-        Path(os.environ["SEEN"]).open("a").write(json.dumps(args) + "\\n")
-        resume = args.get("resume_from_checkpoint")
-        start = int(resume.rsplit("-", 1)[1]) if resume else 0
-        with open(out / "trainer_log.jsonl", "a") as log:
-            for step in range(start + 1, total + 1):
-                log.write(json.dumps({{"current_steps": step, "total_steps": total, "loss": 2.0 / step,
-                                      "lr": 1e-5, "epoch": step / total}}) + "\\n")
-                if step % 2 == 0:
-                    (out / f"checkpoint-{{step}}").mkdir(exist_ok=True)
-                    (out / f"checkpoint-{{step}}" / "trainer_state.json").write_text("{{}}")
-                if step == int(os.environ.get("CRASH_AFTER", 0)):
-                    (out / "checkpoint-6").mkdir()  # a save the crash cut short: no trainer_state.json
-                    sys.exit(1)
-        for callback in callbacks:
-            callback.on_train_end(None, TrainerState(is_world_process_zero=True), TrainerControl())
-        (out / "model.safetensors").write_text("weights")
-        (out / "config.json").write_text("{{}}")
-        (out / "training_args.bin").write_text("state")
-        (out / "all_results.json").write_text(json.dumps({{"train_loss": 0.9}}))
-
-    tuner = types.ModuleType("llamafactory.train.tuner")
-    tuner.run_exp = run_exp
-    for name in ("llamafactory", "llamafactory.train"):
-        sys.modules[name] = types.ModuleType(name)
-    sys.modules["llamafactory.train.tuner"] = tuner
-    sys.argv = [sys.argv[0], *sys.argv[module + 2 :]]
-    runpy.run_module("prism.sft.llamafactory", run_name="__main__")
+    assert sys.argv[module + 1] == "prism.sft.llamafactory_rank"
+    assert "--nproc_per_node=8" in sys.argv[1:module]
+    config_file, peaks_file = sys.argv[module + 2 :]
+    args = yaml.safe_load(Path(config_file).read_text())
+    out, total = Path(args["output_dir"]), 6
+    Path(os.environ["SEEN"]).open("a").write(json.dumps(args) + "\\n")
+    resume = args.get("resume_from_checkpoint")
+    start = int(resume.rsplit("-", 1)[1]) if resume else 0
+    with open(out / "trainer_log.jsonl", "a") as log:
+        for step in range(start + 1, total + 1):
+            log.write(json.dumps({{"current_steps": step, "total_steps": total, "loss": 2.0 / step,
+                                  "lr": 1e-5, "epoch": step / total}}) + "\\n")
+            if step % 2 == 0:
+                (out / f"checkpoint-{{step}}").mkdir(exist_ok=True)
+                (out / f"checkpoint-{{step}}" / "trainer_state.json").write_text("{{}}")
+            if step == int(os.environ.get("CRASH_AFTER", 0)):
+                (out / "checkpoint-6").mkdir()  # a save the crash cut short: no trainer_state.json
+                sys.exit(1)
+    Path(peaks_file).write_text(json.dumps({{"gpu_allocated_gib": [61.5, 60.25]}}))
+    (out / "model.safetensors").write_text("weights")
+    (out / "config.json").write_text("{{}}")
+    (out / "training_args.bin").write_text("state")
+    (out / "all_results.json").write_text(json.dumps({{"train_loss": 0.9}}))
     """
 )
 
@@ -147,7 +136,7 @@ def test_torchrun_spans_one_node_directly_and_several_through_srun(tmp_path):
         "--master_addr=127.0.0.1",
         command[4],
     ]
-    assert command[5:] == ["--node_rank=0", "-m", "prism.sft.llamafactory", "/w/sft.yaml", str(peaks)]
+    assert command[5:] == ["--node_rank=0", "-m", "prism.sft.llamafactory_rank", "/w/sft.yaml", str(peaks)]
     assert int(command[4].removeprefix("--master_port=")) > 0
     assert env["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"  # as llamafactory-cli's launcher sets
 
@@ -162,10 +151,38 @@ def test_torchrun_spans_one_node_directly_and_several_through_srun(tmp_path):
     assert per_node[6:] == [
         '--node_rank="$SLURM_NODEID"',
         "-m",
-        "prism.sft.llamafactory",
+        "prism.sft.llamafactory_rank",
         "/w/sft.yaml",
         str(peaks),
     ]
+
+
+# Two torchrun ranks on gloo end training as the Trainer's callback handler does on every rank; the second
+# holds 300 MB more than the first.
+TWO_RANKS = textwrap.dedent(
+    """\
+    import sys
+    import torch.distributed as dist
+    from transformers import TrainerControl, TrainerState
+    from prism.sft.llamafactory_rank import RankPeakMemory
+
+    dist.init_process_group("gloo")
+    held = b"x" * (1 + 300_000_000 * dist.get_rank())
+    state = TrainerState(is_world_process_zero=dist.get_rank() == 0)
+    RankPeakMemory(sys.argv[1]).on_train_end(None, state, TrainerControl())
+    dist.destroy_process_group()
+    """
+)
+
+
+def test_each_rank_s_peak_is_gathered_in_rank_order(tmp_path):
+    script, peaks = tmp_path / "ranks.py", tmp_path / "peak_memory.json"
+    script.write_text(TWO_RANKS)
+    torchrun = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node=2"]
+    done = subprocess.run([*torchrun, str(script), str(peaks)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    first, second = json.loads(peaks.read_text())["host_rss_gib"]
+    assert 0.25 < second - first < 0.35  # GiB: the 300 MB only the second rank held
 
 
 def test_an_incomplete_checkpoint_is_never_resumed_from(tmp_path):
@@ -205,9 +222,7 @@ def test_a_failed_job_resumes_from_its_last_checkpoint_and_exports_only_when_fin
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["metrics"]["resumed_from"] == "checkpoint-4" and manifest["metrics"]["steps"] == 6
     assert manifest["metrics"]["train_loss"] == 0.9
-    # RankPeakMemory, given to run_exp by the rank's entry point, recorded the one rank's host peak
-    assert list(manifest["metrics"]["peak_memory"]) == ["host_rss_gib"]
-    assert [0.05 < peak < 8 for peak in manifest["metrics"]["peak_memory"]["host_rss_gib"]] == [True]
+    assert manifest["metrics"]["peak_memory"] == {"gpu_allocated_gib": [61.5, 60.25]}  # the ranks' peaks
     assert manifest["engine"]["arguments"]["learning_rate"] == 1.0e-5
     curve = (out / "metrics.csv").read_text().splitlines()
     assert curve[0] == "step,loss,lr" and [row.split(",")[0] for row in curve[1:]] == list("123456")

@@ -1,5 +1,6 @@
 """Per-GPU memory of each GPU stage before it is submitted: model states, activations, vLLM's weights and
-KV cache, as the engines will run them, against `cluster.gpu_memory_gb`.
+KV cache, as the engines will run them, against `cluster.gpu_memory_gb`; and host memory per node (offloaded
+states, the data the job holds decoded or loaded) against its `mem_mb`.
 
 Figures come from three kinds of source, and every line of the table names its own:
 - `deepspeed`: DeepSpeed's ZeRO estimators (`estimate_zero2_model_states_mem_needs`,
@@ -594,6 +595,34 @@ def evaluation_stage(
     _gpu_check(stage, capacity, "lower the vLLM gpu_memory_utilization settings below 1")
 
 
+# -- the data a job holds on the host -------------------------------------------------------------------
+
+# Host bytes of one decoded image per pixel (our estimate): the RGB image (3 bytes) and the Qwen-VL
+# processor's float32 pixel_values, which repeat an image over its 2 temporal frames (3 x 2 x 4 bytes).
+DECODED_BYTES_PER_PIXEL = 3 + 3 * 2 * 4
+# Qwen3-VL's pixels per visual token: 16-pixel patches, merged 2 x 2.
+PIXELS_PER_IMAGE_TOKEN = (16 * 2) ** 2
+# torch's DataLoader: each worker prepares prefetch_factor (default 2) batches ahead of the one in use.
+PREFETCH_FACTOR = 2
+# verl 0.9.1's data.dataloader_num_workers (trainer/config/ppo_trainer.yaml), which our commands keep.
+VERL_DATALOADER_WORKERS = 8
+
+
+def batches_in_flight(workers: int) -> int:
+    """Batches a DataLoader holds at once: the one in use and those its workers prefetch."""
+    return workers * PREFETCH_FACTOR + 1
+
+
+def decoded_images(count: int, pixels: int) -> float:
+    return count * pixels * DECODED_BYTES_PER_PIXEL
+
+
+def add_data_held(stage: StageMemory, what: str, held: float) -> None:
+    """The data a job holds on a node (our estimate) is part of its host need."""
+    stage.parts[f"host: {what}, per node"] = (held, "estimate")
+    stage.host_bytes += held
+
+
 # -- the plan's jobs --------------------------------------------------------------------------------------
 
 # Sequences one warmup pair renders: its teacher and its student (prism.discriminator.pairs.sequences).
@@ -658,6 +687,7 @@ class Estimator:
         settings = align_settings(self.cfg.align.stage_slice(), self._trainer_job(job), Path("/"))
         stage = StageMemory(job.rule, name, 0.0)
         verl_stage(stage, settings, self.arch(name), critic, job, self.capacity, "align")
+        self._verl_data(stage, settings, "align")
         return stage
 
     def _rl(self, job: Job) -> StageMemory | None:
@@ -669,7 +699,25 @@ class Estimator:
         settings = rl_settings(self.cfg.rl.job_slice(job.wildcards["algo"]), self._trainer_job(job))
         stage = StageMemory(job.rule, f"{name} {job.wildcards['algo']}", 0.0)
         verl_stage(stage, settings, self.arch(name), None, job, self.capacity, "rl")
+        self._verl_data(stage, settings, "rl")
         return stage
+
+    def _verl_data(self, stage: StageMemory, settings: dict, data_set: str) -> None:
+        """On the trainer's node: verl's trainer process builds RLHFDataset twice from the prepared parquet
+        (train, and val from the same file), each holding the whole set, counted once the set is prepared;
+        its DataLoader's workers decode batches of prompts ahead, an image each, whose visual tokens the
+        length filter bounds by max_prompt_length."""
+        workers = int(settings.get("data.dataloader_num_workers", VERL_DATALOADER_WORKERS))
+        prompts, tokens = int(settings["data.train_batch_size"]), int(settings["data.max_prompt_length"])
+        in_flight = batches_in_flight(workers)
+        add_data_held(
+            stage,
+            f"images in flight, {in_flight} batches x {prompts} at <= {tokens} tokens",
+            decoded_images(in_flight * prompts, tokens * PIXELS_PER_IMAGE_TOKEN),
+        )
+        parquet = self.workflow_dir / self.cfg.paths.results / "data" / data_set / "train.parquet"
+        if parquet.is_file():
+            add_data_held(stage, f"prepared {data_set} set, twice (train, val)", 2 * parquet.stat().st_size)
 
     def _sft(self, job: Job) -> StageMemory | None:
         from prism.sft.llamafactory import training_yaml
@@ -692,6 +740,18 @@ class Estimator:
             lm_logits=True,
             capacity=self.capacity,
             what_to_change="lower sft.batch_size or sft.max_length (raise sft.grad_accum to keep the batch)",
+        )
+        # the tokenized set is memory-mapped from the datasets cache; images are decoded per batch by each
+        # rank's DataLoader workers
+        ranks, batch = job.gpus // job.nodes, settings["per_device_train_batch_size"]
+        in_flight, pixels = (
+            batches_in_flight(settings["dataloader_num_workers"]),
+            settings["image_max_pixels"],
+        )
+        add_data_held(
+            stage,
+            f"images in flight, {ranks} ranks x {in_flight} batches x {batch} at {pixels} px",
+            ranks * decoded_images(in_flight * batch, pixels),
         )
         return stage
 
@@ -717,6 +777,13 @@ class Estimator:
             capacity=self.capacity,
             what_to_change="lower discriminator.warmup.batch_size (raise grad_accum to keep the batch) or "
             "discriminator.warmup.max_length",
+        )
+        # each rank keeps its lines' byte offsets and decodes one batch's images (prism.discriminator.pairs)
+        ranks, images = job.gpus // job.nodes, warmup.batch_size * SEQUENCES_PER_PAIR
+        add_data_held(
+            stage,
+            f"images decoded, {ranks} ranks x {images} at {warmup.max_pixels} px",
+            ranks * decoded_images(images, warmup.max_pixels),
         )
         return stage
 
@@ -775,7 +842,7 @@ def table(stages: list[StageMemory], capacity_gib: float, mem_mb: dict[str, int]
             f"{host:.0f} GiB of mem_mb {mem_mb.get(stage.rule, 0) / 1024:.0f} GiB"
         )
         for part, (value, source) in stage.parts.items():
-            lines.append(f"    {part:<66}{value / GIB:>8.1f}  {source}")
+            lines.append(f"    {part:<72}{value / GIB:>8.1f}  {source}")
         lines += [f"    ! {problem}" for problem in stage.problems]
     return "\n".join(lines)
 

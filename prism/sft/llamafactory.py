@@ -6,9 +6,9 @@ manifest, which is written last.
 LLaMA-Factory writes `all_results.json` only after its final save, so that file, not the weights, says the
 training finished.
 
-torchrun starts this module's `train_rank` on every rank rather than `llamafactory-cli train`: the CLI's
+torchrun starts prism.sft.llamafactory_rank on every rank rather than `llamafactory-cli train`: the CLI's
 `run_exp()` takes no callbacks, and `run_exp(callbacks=...)` is how LLaMA-Factory adds one. Each rank's
-memory peak is recorded by RankPeakMemory and gathered into the manifest.
+memory peak is recorded there and gathered into the manifest.
 """
 
 from __future__ import annotations
@@ -23,9 +23,8 @@ import time
 from pathlib import Path
 
 import yaml
-from transformers import TrainerCallback
 
-from prism.core.manifest import MANIFEST, peak_memory, peak_memory_per_rank, write_json_atomic, write_manifest
+from prism.core.manifest import MANIFEST, write_manifest
 from prism.core.tracking import job_tracking, llamafactory_environment, llamafactory_settings
 from prism.core.training import write_curves
 from prism.data.prepare import SFT_DATASET
@@ -110,10 +109,10 @@ def launch(
     environ=os.environ,
     datasets_cache: Path | None = None,
 ) -> tuple[list[str], dict]:
-    """torchrun over `train_rank`: directly on one node; on several, one launcher per node through srun,
-    each taking its rank from SLURM_NODEID and meeting on the first node. The tokenized data set (tens of
-    GB for the paper's 1.37M rows) is cached in `datasets_cache`, not in ~/.cache, and a rerun finds it
-    there."""
+    """torchrun over prism.sft.llamafactory_rank: directly on one node; on several, one launcher per node
+    through srun, each taking its rank from SLURM_NODEID and meeting on the first node. The tokenized
+    data set (tens of GB for the paper's 1.37M rows) is cached in `datasets_cache`, not in ~/.cache, and a
+    rerun finds it there."""
     from prism.cluster.ray_cluster import allocation_nodes, free_port
 
     env = dict(environ, **LAUNCHER_ENVIRONMENT)
@@ -122,40 +121,12 @@ def launch(
     master = allocation_nodes(environ)[0] if nodes > 1 else "127.0.0.1"
     torchrun = ["torchrun", f"--nnodes={nodes}", f"--nproc_per_node={gpus_per_node}"]
     torchrun += [f"--master_addr={master}", f"--master_port={free_port()}"]
-    train = ["-m", "prism.sft.llamafactory", str(config_file), str(peaks_file)]
+    train = ["-m", "prism.sft.llamafactory_rank", str(config_file), str(peaks_file)]
     if nodes == 1:
         return [*torchrun, "--node_rank=0", *train], env
     per_node = f'exec {" ".join(torchrun)} --node_rank="$SLURM_NODEID" {" ".join(train)}'
     srun = ["srun", "--overlap", f"--nodes={nodes}", "--ntasks-per-node=1", "--kill-on-bad-exit=1"]
     return [*srun, "bash", "-c", per_node], env
-
-
-class RankPeakMemory(TrainerCallback):
-    """At the end of training every rank's memory peak (prism.core.manifest.peak_memory: GPU memory
-    allocated where CUDA ran, else the host's peak RSS), gathered over the process group in rank order
-    and written by the first rank."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-
-    def on_train_end(self, args, state, control, **kwargs):
-        import torch.distributed as dist
-
-        peaks = [peak_memory()]
-        if dist.is_available() and dist.is_initialized():
-            mine, peaks = peaks[0], [None] * dist.get_world_size()
-            dist.all_gather_object(peaks, mine)
-        if state.is_world_process_zero:
-            write_json_atomic(self.path, peak_memory_per_rank(peaks))
-
-
-def train_rank(config_file: Path, peaks_file: Path) -> None:
-    """One torchrun rank: LLaMA-Factory's `train` on the YAML, read from the command line as its CLI
-    reads it, with RankPeakMemory among the Trainer's callbacks."""
-    from llamafactory.train.tuner import run_exp
-
-    sys.argv = [sys.argv[0], str(config_file)]
-    run_exp(callbacks=[RankPeakMemory(peaks_file)])
 
 
 def curves(trainer_log: Path) -> dict[int, dict]:
@@ -237,7 +208,3 @@ def run(args) -> None:
         started,
         engine={"name": "llamafactory", "arguments": yaml.safe_load(config_file.read_text())},
     )
-
-
-if __name__ == "__main__":
-    train_rank(Path(sys.argv[1]), Path(sys.argv[2]))
