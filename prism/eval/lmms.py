@@ -142,7 +142,8 @@ def gpu_memory_used(devices: list[str]) -> list[float] | None:
     used = {}
     for line in listing.splitlines():
         index, uuid, mib = (field.strip() for field in line.split(","))
-        used[index] = used[uuid] = float(mib)
+        if mib.replace(".", "", 1).isdigit():  # not "[N/A]", as MIG devices report it
+            used[index] = used[uuid] = float(mib)
     return [used[device] for device in devices] if all(d in used for d in devices) else None
 
 
