@@ -6,6 +6,7 @@ No signal-based timeouts, so it is safe in threads and Ray workers.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 
@@ -134,6 +135,7 @@ def _single_match(prediction: str, truth: str) -> bool:
     return same_bare and pred_unit == gt_unit
 
 
+@functools.lru_cache(maxsize=1 << 16)  # a group's rollouts repeat answers, and parsing is the slow part
 def _math_verify(prediction: str, truth: str) -> bool:
     from math_verify import parse, verify
 
