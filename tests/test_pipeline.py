@@ -5,6 +5,8 @@ The run is conftest's `tiny_run`, the one the Slurm tests read too: the DAG runs
 import csv
 import json
 import re
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -163,3 +165,21 @@ def test_no_secret_reaches_a_result_a_log_the_work_state_or_the_report(finished)
     """The run had HF_TOKEN and WANDB_API_KEY set (to markers); no file it wrote holds them."""
     written = [finished / name for name in (RESULTS, WORK, ".snakemake", "report.html")]
     assert files_holding_secrets(*[path for path in written if path.exists()]) == []
+
+
+def test_the_plan_puts_each_stages_measured_hours_and_rank_peak_beside_its_estimate(finished):
+    """`prism plan --calibrate` on the tiny run: every stage that trains or evaluates recorded Snakemake's
+    benchmark and each rank's memory peak in its manifest, and the plan reads both back."""
+    result = subprocess.run(
+        [sys.executable, "-m", "prism.cli", "plan", *TINY, "--directory", str(finished), "--calibrate", "."],
+        cwd=finished,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {line.split()[0]: line.split() for line in result.stdout.split("Measured in")[1].splitlines()[2:]}
+    for rule in ("sft", "warmup_discriminator", "align", "rl", "evaluate"):
+        measured, planned = rows[rule][1].split("/")
+        assert measured == planned, rows[rule]  # every job of the stage recorded its benchmark
+        assert 0.05 < float(rows[rule][-1]) < 4, rows[rule]  # its largest rank's peak RSS, in GiB
