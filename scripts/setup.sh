@@ -15,5 +15,6 @@ if ! python -c "import prism, verl, snakemake, snakemake_executor_plugin_slurm_j
   python scripts/env_pins.py envs/workflow.yaml --drop torchvision > "$pins"
   pip install --quiet torch==2.13.0 # the CPU build; install it first so nothing pulls a CUDA build
   pip install --quiet -r "$pins" -r requirements.txt
-  PRISM_WORKFLOW_DIR="$PWD" bash envs/workflow.post-deploy.sh
+  # scripts/test.sh sets up the environments at once: one editable install of the package at a time
+  PRISM_WORKFLOW_DIR="$PWD" flock "${TMPDIR:-/tmp}/prism-editable-install.lock" bash envs/workflow.post-deploy.sh
 fi

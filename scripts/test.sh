@@ -2,14 +2,37 @@
 # Set up, then run the linters and the test suite (the tiny pipeline end to end included).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
-bash scripts/setup-lmms-eval.sh # lmms-eval's own environment, for the tests that run it
-bash scripts/setup-llamafactory.sh # LLaMA-Factory's, for the test that trains with it
-bash scripts/setup-discriminator.sh # the warmup's, for the test that runs it under DeepSpeed ZeRO-2
+# The set-up steps run at once: pip spends much of its time on downloads and unpacking, not the CPU.
+#   workflow       .venv, which runs the tests; then every envs/*.yaml resolved as Snakemake + conda would
+#   lmms-eval      lmms-eval's own environment, for the tests that run it
+#   llamafactory   LLaMA-Factory's, for the test that trains with it
+#   discriminator  the warmup's, for the test that runs it under DeepSpeed ZeRO-2
+declare -A steps=(
+  [workflow]="bash scripts/setup.sh && .venv/bin/python scripts/check_envs.py"
+  [lmms-eval]="bash scripts/setup-lmms-eval.sh"
+  [llamafactory]="bash scripts/setup-llamafactory.sh"
+  [discriminator]="bash scripts/setup-discriminator.sh"
+)
+logs=$(mktemp -d)
+declare -A pids
+for step in "${!steps[@]}"; do
+  bash -c "${steps[$step]}" >"$logs/$step.log" 2>&1 &
+  pids[$step]=$!
+done
+failed=0
+for step in "${!pids[@]}"; do
+  if wait "${pids[$step]}"; then
+    cat "$logs/$step.log"
+  else
+    echo "set-up step '$step' failed (${steps[$step]}):" >&2
+    tail -40 "$logs/$step.log" >&2
+    failed=1
+  fi
+done
+[ "$failed" = 0 ]
 . .venv/bin/activate
 ruff check prism tests benchmarks
 ruff format --check prism tests benchmarks
 snakefmt --check Snakefile rules
 snakemake --lint
-python scripts/check_envs.py # every envs/*.yaml resolves as Snakemake + conda would install it
 pytest -q --durations=25 "$@" # the slowest tests, to keep CI time in view

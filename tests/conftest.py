@@ -6,6 +6,7 @@ import copy
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -14,6 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 from snakemake.utils import update_config
+
+import prism  # noqa: F401  (before torch loads: it makes torch's idle OpenMP threads wait passively)
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOW_FILES = ("Snakefile", "rules", "config", "profiles", "envs", "prism", "report")
@@ -96,13 +99,18 @@ def workflow_copy(tmp_path) -> Path:
     return copy_workflow(tmp_path / "workflow")
 
 
+def snakemake_process(workdir: Path, args: tuple[str, ...], env: dict | None) -> tuple[list[str], dict]:
+    """The command and environment that run Snakemake in `workdir` as a user would: jobs run
+    `python -m prism...` with the interpreter running the tests, and the workflow copy's package."""
+    env = dict(os.environ, **(env or {}), PYTHONPATH=str(workdir))
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return [str(Path(sys.executable).with_name("snakemake")), *args], env
+
+
 def snakemake(
     workdir: Path, *args: str, timeout: int = 900, env: dict | None = None
 ) -> subprocess.CompletedProcess:
-    # jobs run `python -m prism...`: the interpreter running the tests, and the workflow copy's package
-    env = dict(os.environ, **(env or {}), PYTHONPATH=str(workdir))
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    command = [str(Path(sys.executable).with_name("snakemake")), *args]
+    command, env = snakemake_process(workdir, args, env)
     return subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -142,22 +150,80 @@ def slurm(tmp_path_factory) -> Path:
     subprocess.run(stop, check=True, capture_output=True)
 
 
+TINY_RUN_READ = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(trylast=True)  # after -m and -k have deselected what will not run
+def pytest_collection_modifyitems(config, items):
+    """Test files that read the tiny run go last, and those that use the test Slurm without it after them:
+    the run starts with the session (`tiny_run_started`) and builds beside the tests before them, then
+    leaves the test Slurm to the Slurm-only tests."""
+    reads, uses_slurm = set(), set()
+    for item in items:
+        if "tiny_run" in item.fixturenames:
+            reads.add(item.path)
+        elif "slurm" in item.fixturenames:
+            uses_slurm.add(item.path)
+    items.sort(key=lambda item: 1 if item.path in reads else 2 if item.path in uses_slurm else 0)
+    config.stash[TINY_RUN_READ] = bool(reads)
+
+
+class TinyRun:
+    """The one complete tiny run of a session, built in the background: submitted through the test Slurm
+    with the project's Slurm profile where Slurm runs, as in CI, else with the local profile. The jobs see
+    marker secrets, which the tests then look for in what the run wrote."""
+
+    TIMEOUT = 2700
+
+    def __init__(self, request, tmp_path_factory):
+        try:
+            request.getfixturevalue("slurm")
+            self.profile = ["--workflow-profile", "profiles/slurm", *TEST_CLUSTER]
+        except pytest.skip.Exception:
+            self.profile = ["--workflow-profile", "profiles/local"]
+        self.workdir = copy_workflow(tmp_path_factory.mktemp("tiny-run"))
+        command, env = snakemake_process(self.workdir, (*TARGETS, *self.profile, *TINY), SECRETS)
+        self.log = self.workdir.parent / "snakemake.log"
+        self.started = time.time()
+        with self.log.open("w") as log:
+            self.process = subprocess.Popen(
+                command, cwd=self.workdir, env=env, stdout=log, stderr=log, start_new_session=True
+            )
+
+    def finished(self) -> Path:
+        """The run's workflow directory, once Snakemake has built every target."""
+        try:
+            code = self.process.wait(timeout=max(1, self.TIMEOUT - (time.time() - self.started)))
+        except subprocess.TimeoutExpired:
+            self.stop()
+            pytest.fail(f"the tiny run took over {self.TIMEOUT} s: {self.log.read_text()[-3000:]}")
+        assert code == 0, self.log.read_text()[-6000:]
+        print(f"tiny pipeline with {self.profile[1]}: {time.time() - self.started:.0f} s")
+        return self.workdir
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGINT)  # as Ctrl-C: Snakemake cancels the jobs it submitted
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tiny_run_started(request, tmp_path_factory):
+    """Starts the tiny run with the session where a selected test reads it."""
+    run = TinyRun(request, tmp_path_factory) if request.config.stash.get(TINY_RUN_READ, False) else None
+    yield run
+    if run is not None:
+        run.stop()
+
+
 @pytest.fixture(scope="session")
-def tiny_run(request, tmp_path_factory) -> Path:
-    """The one complete tiny run that the pipeline and Slurm tests all read (about 15 minutes on 2 cores):
-    submitted through the test Slurm with the project's Slurm profile where Slurm runs, as in CI, else with
-    the local profile. The jobs see marker secrets, which the tests then look for in what the run wrote."""
-    try:
-        request.getfixturevalue("slurm")
-        profile = ["--workflow-profile", "profiles/slurm", *TEST_CLUSTER]
-    except pytest.skip.Exception:
-        profile = ["--workflow-profile", "profiles/local"]
-    workdir = copy_workflow(tmp_path_factory.mktemp("tiny-run"))
-    start = time.time()
-    result = snakemake(workdir, *TARGETS, *profile, *TINY, timeout=2700, env=SECRETS)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    print(f"tiny pipeline with {profile[1]}: {time.time() - start:.0f} s")
-    return workdir
+def tiny_run(tiny_run_started) -> Path:
+    """The one complete tiny run that the pipeline and Slurm tests all read."""
+    return tiny_run_started.finished()
 
 
 # Marker values for the secrets a run may hold: tests set them and find them in no file a run writes.

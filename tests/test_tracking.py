@@ -302,6 +302,7 @@ def test_wandb_offline_keeps_its_run_under_the_job_and_no_key_anywhere(tmp_path,
     assert files_holding_secrets(tmp_path) == []
 
 
+@pytest.mark.pipeline
 def test_the_tiny_runs_stages_left_event_files_with_their_csvs_scalars(tiny_run):
     """The session's tiny run: SFT, the warmup, alignment and each RL run logged every metrics.csv column
     at every step."""
