@@ -16,13 +16,19 @@ declare -A steps=(
 logs=$(mktemp -d)
 declare -A pids
 for step in "${!steps[@]}"; do
-  bash -c "${steps[$step]}" >"$logs/$step.log" 2>&1 &
+  (
+    SECONDS=0
+    status=0
+    bash -c "${steps[$step]}" >"$logs/$step.log" 2>&1 || status=$?
+    echo "set-up step '$step': $SECONDS s" >>"$logs/$step.log"
+    exit $status
+  ) &
   pids[$step]=$!
 done
 failed=0
 for step in "${!pids[@]}"; do
   if wait "${pids[$step]}"; then
-    cat "$logs/$step.log"
+    grep -E "^set-up step|^[a-z-]+\.yaml: |^all env files" "$logs/$step.log" # its time; the envs resolved
   else
     echo "set-up step '$step' failed (${steps[$step]}):" >&2
     tail -40 "$logs/$step.log" >&2

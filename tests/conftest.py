@@ -183,7 +183,7 @@ class TinyRun:
             self.profile = ["--workflow-profile", "profiles/local"]
         self.workdir = copy_workflow(tmp_path_factory.mktemp("tiny-run"))
         command, env = snakemake_process(self.workdir, (*TARGETS, *self.profile, *TINY), SECRETS)
-        self.log = self.workdir.parent / "snakemake.log"
+        self.log = self.workdir.with_suffix(".log")
         self.started = time.time()
         with self.log.open("w") as log:
             self.process = subprocess.Popen(

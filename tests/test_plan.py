@@ -250,9 +250,9 @@ def test_multi_node_rule_gets_nodes_per_node_gres_and_one_task_per_node(workflow
 def test_dry_run_is_fast_and_needs_no_gpu(configfile):
     import time
 
-    start = time.time()
+    start = time.process_time()  # this process's CPU, so a loaded machine does not fail it
     plan_jobs(ROOT, configfile, ["all"], forceall=True)
-    assert time.time() - start < 10
+    assert time.process_time() - start < 10
 
 
 def test_warmup_runs_one_process_in_tiny_mode_and_accelerate_with_zero2_on_the_cluster():

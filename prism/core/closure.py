@@ -10,6 +10,7 @@ comment, a docstring or a reformat changes nothing, and a module nothing imports
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import re
 from pathlib import Path
@@ -39,20 +40,33 @@ def _longest_module(dotted: str) -> str | None:
 
 
 def _parsed(path: Path) -> ast.Module:
-    """A module's syntax tree without its docstrings: prose that names a module imports nothing."""
-    return _WithoutDocstrings().visit(ast.parse(path.read_text(), filename=str(path)))
+    """A module's syntax tree without its docstrings: prose that names a module imports nothing. Shared
+    between callers, who only read it."""
+    return _tree(path.read_text(), str(path))
+
+
+# Keyed by the source itself: the Snakefile fingerprints every rule's closure, and the closures share most
+# modules, so each version of a module is parsed, walked and dumped once per process.
+@functools.cache
+def _tree(source: str, filename: str) -> ast.Module:
+    return _WithoutDocstrings().visit(ast.parse(source, filename=filename))
 
 
 def _package_of(name: str, path: Path) -> str:
     return name if path.name == "__init__.py" else name.rpartition(".")[0]
 
 
-def references(name: str) -> tuple[set[str], set[Path]]:
+def references(name: str) -> tuple[frozenset[str], frozenset[Path]]:
     """The prism modules a module imports or names, and the files beside it that it names."""
     path = module_file(name)
+    return _references(name, path, path.read_text())
+
+
+@functools.cache
+def _references(name: str, path: Path, source: str) -> tuple[frozenset[str], frozenset[Path]]:
     package = _package_of(name, path)
     modules, files = set(), set()
-    tree = _parsed(path)
+    tree = _tree(source, str(path))
     # the ENGINES table names every engine's module; a job imports only the one stage_roots adds
     engine_names = {id(n) for table in _engines_assignments(tree) for n in ast.walk(table)}
     for node in ast.walk(tree):
@@ -75,7 +89,7 @@ def references(name: str) -> tuple[set[str], set[Path]]:
                 else:
                     files.add(named)
     found = {m for m in map(_longest_module, (m for m in modules if m.startswith("prism."))) if m}
-    return found, files
+    return frozenset(found), frozenset(files)
 
 
 def _named_files(text: str, directory: Path) -> set[Path]:
@@ -134,7 +148,12 @@ class _WithoutDocstrings(ast.NodeTransformer):
 
 def behaviour(path: Path) -> str:
     """What a module does, as text: its syntax tree without docstrings (no comments, layout or lines)."""
-    return ast.dump(_parsed(path))
+    return _dumped(path.read_text(), str(path))
+
+
+@functools.cache
+def _dumped(source: str, filename: str) -> str:
+    return ast.dump(_tree(source, filename))
 
 
 def code_fingerprint(roots: list[str]) -> str:
