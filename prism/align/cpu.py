@@ -16,7 +16,6 @@ import torch
 
 from prism.core.advantages import prism_advantage
 from prism.core.losses import alignment_discriminator_loss
-from prism.core.manifest import peak_memory, peak_memory_per_rank
 from prism.core.modeling import generate, load_model, load_processor, save_pretrained, token_logprobs
 from prism.core.reward import compute_score
 from prism.core.segments import parse_response
@@ -155,10 +154,4 @@ def run(args) -> None:
         )
     save_pretrained(policy, processor, args.model, args.out)
     valid = run.metric("valid_ratio")
-    run.finish(
-        {
-            "first_valid_ratio": valid[0],
-            "final_valid_ratio": valid[-1],
-            "peak_memory": peak_memory_per_rank([peak_memory()]),  # one process: one rank
-        }
-    )
+    run.finish({"first_valid_ratio": valid[0], "final_valid_ratio": valid[-1]})

@@ -269,8 +269,9 @@ class TrainingRun:
         return [float(row[name]) for row in self.log.rows() if row.get(name) not in (None, "")]
 
     def finish(self, metrics: dict) -> None:
-        """Copy the curves beside the artifact, then write its manifest: last, by rename."""
-        from prism.core.manifest import MANIFEST, write_manifest
+        """Copy the curves beside the artifact, then write its manifest: last, by rename. Its memory peak is
+        this process's, one rank, unless the engine gathered every rank's into `metrics`."""
+        from prism.core.manifest import MANIFEST, peak_memory, peak_memory_per_rank, write_manifest
 
         self.curves.close()
         shutil.copy(self.args.work / "metrics.csv", self.args.out / "metrics.csv")
@@ -280,7 +281,7 @@ class TrainingRun:
             self.stage,
             inputs,
             self.args.config,
-            {"steps": self.total, **metrics},
+            {"steps": self.total, "peak_memory": peak_memory_per_rank([peak_memory()]), **metrics},
             self.started,
             code_fingerprint=getattr(self.args, "code", None),
         )

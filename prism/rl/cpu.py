@@ -7,7 +7,6 @@ import random
 
 import torch
 
-from prism.core.manifest import peak_memory, peak_memory_per_rank
 from prism.core.modeling import generate, load_model, load_processor, save_pretrained, token_logprobs
 from prism.core.reward import compute_score
 from prism.core.training import TrainingRun, lr_lambda, setup
@@ -126,13 +125,7 @@ def run(args) -> None:
         )
     save_pretrained(policy, processor, args.model, args.out)
     reward = run.metric("reward")
-    run.finish(
-        {
-            "first_reward": reward[0],
-            "final_reward": reward[-1],
-            "peak_memory": peak_memory_per_rank([peak_memory()]),  # one process: one rank
-        }
-    )
+    run.finish({"first_reward": reward[0], "final_reward": reward[-1]})
 
 
 def _by_generated_batch(groups: list) -> list[tuple]:

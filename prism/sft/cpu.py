@@ -6,7 +6,6 @@ import math
 
 import torch
 
-from prism.core.manifest import peak_memory, peak_memory_per_rank
 from prism.core.modeling import load_model, load_processor, save_pretrained, supervised_batch
 from prism.core.training import TrainingRun, epoch_batch, optimizer_and_schedule, setup
 from prism.data.formats import read_sft_examples
@@ -67,6 +66,5 @@ def run(args) -> None:
             "examples": len(rows),
             "first_loss": losses[0],
             "final_loss": losses[-1],
-            "peak_memory": peak_memory_per_rank([peak_memory()]),  # one process: one rank
         }
     )
