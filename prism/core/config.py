@@ -6,7 +6,9 @@ allowed; `ConfigError` carries every problem at once.
 
 from __future__ import annotations
 
+import json
 import re
+import sys
 from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -29,6 +31,14 @@ BENCHMARKS: dict[str, str] = {
     "hallusionbench": "HallusionBench",
 }
 Benchmark = Literal[tuple(BENCHMARKS)]  # type: ignore[valid-type]
+
+
+def parse_slice(text: str) -> dict:
+    """A rule's config slice, as Snakemake passes it on the command line (JSON)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        sys.exit(f"--config is not valid JSON: {err}")
 
 
 class ConfigError(ValueError):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from prism.core.config import parse_slice
 from prism.core.errors import InputError
 
 
@@ -130,13 +131,6 @@ class MetricLog:
             return []
         with self.path.open() as handle:
             return list(csv.DictReader(handle))
-
-
-def parse_slice(text: str) -> dict:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        sys.exit(f"--config is not valid JSON: {err}")
 
 
 def write_curves(steps: dict[int, dict], path: Path) -> None:

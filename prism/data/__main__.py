@@ -14,9 +14,9 @@ import sys
 import time
 from pathlib import Path
 
+from prism.core.config import parse_slice
 from prism.core.manifest import MANIFEST, write_manifest
 from prism.core.prompts import SYSTEM_PROMPT, prompt_messages
-from prism.core.training import parse_slice
 from prism.data import synthetic
 from prism.data.formats import DATA_SOURCE
 from prism.data.prepare import register_sft

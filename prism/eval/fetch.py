@@ -17,8 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from prism.core.config import parse_slice
 from prism.core.manifest import MANIFEST, write_manifest
-from prism.core.training import parse_slice
 
 
 def benchmark_environment(cache: Path, offline: bool) -> dict[str, str]:

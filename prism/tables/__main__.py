@@ -20,8 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-from prism.core.config import BENCHMARKS
-from prism.core.training import parse_slice
+from prism.core.config import BENCHMARKS, parse_slice
 from prism.tables.figures import comparison_chart, curves_chart
 from prism.tables.intervals import difference_interval, mean_interval
 

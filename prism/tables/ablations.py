@@ -14,8 +14,7 @@ import csv
 import sys
 from pathlib import Path
 
-from prism.core.config import BENCHMARKS
-from prism.core.training import parse_slice
+from prism.core.config import BENCHMARKS, parse_slice
 from prism.tables.__main__ import average, cell, read_score, write_csv
 
 
