@@ -10,6 +10,7 @@ rule align:
         f"{RESULTS}/logs/align/{{policy}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/align/{{policy}}.tsv"
+    priority: PRIORITY["align"]
     conda:
         env(CFG.align.engine)
     threads: CFG.align.resources.cpus_per_task

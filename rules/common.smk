@@ -24,6 +24,31 @@ POLICIES = [p.name for p in CFG.policies]
 MANIFEST = "manifest.json"
 
 
+# When cores or job slots run short (the tiny run on 2 cores, a capped --jobs), Snakemake starts the ready
+# job of highest priority first. The longest chain to the table is a policy's SFT, then its alignment, RL
+# and evaluation, so what feeds it starts first, the discriminator's chain beside it, the evaluations last.
+PRIORITY = {
+    "sft": 8,
+    "discriminator": 7,
+    "align": 6,
+    "rl": 5,
+    "benchmarks": 3,
+    "evaluate": 2,
+}
+
+
+def input_priority(wildcards) -> int:
+    """A base model or training set starts just before the stage that reads it."""
+    if "dataset" in wildcards.keys():
+        reader = {"sft": "sft", "warmup": "discriminator"}.get(
+            wildcards.dataset, wildcards.dataset
+        )
+    else:
+        policy_models = {policy.model for policy in CFG.policies}
+        reader = "sft" if wildcards.model in policy_models else "discriminator"
+    return PRIORITY[reader] + 1
+
+
 def as_arg(payload) -> str:
     """A config slice as one shell-quoted JSON argument (also what the params trigger compares)."""
     return shlex.quote(json.dumps(payload, sort_keys=True))

@@ -6,6 +6,7 @@ rule fetch_model:
         f"{RESULTS}/logs/data/model-{{model}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/data/model-{{model}}.tsv"
+    priority: input_priority
     localrule: True
     conda:
         "../envs/workflow.yaml"
@@ -25,6 +26,7 @@ rule fetch_dataset:
         f"{RESULTS}/logs/data/dataset-{{dataset}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/data/dataset-{{dataset}}.tsv"
+    priority: input_priority
     localrule: True
     conda:
         "../envs/workflow.yaml"
@@ -47,6 +49,7 @@ rule prepare_dataset:
         f"{RESULTS}/logs/data/prepare-{{dataset}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/data/prepare-{{dataset}}.tsv"
+    priority: input_priority
     conda:
         "../envs/workflow.yaml"
     threads: CFG.data.resources.cpus_per_task
@@ -71,6 +74,7 @@ rule make_benchmarks:
         f"{RESULTS}/logs/data/benchmarks.log",
     benchmark:
         f"{RESULTS}/benchmarks/data/benchmarks.tsv"
+    priority: PRIORITY["benchmarks"]
     localrule: True
     conda:
         "../envs/workflow.yaml"

@@ -8,6 +8,7 @@ rule upcycle:
         f"{RESULTS}/logs/discriminator/upcycle.log",
     benchmark:
         f"{RESULTS}/benchmarks/discriminator/upcycle.tsv"
+    priority: PRIORITY["discriminator"]
     conda:
         "../envs/workflow.yaml"
     threads: CFG.discriminator.upcycle.resources.cpus_per_task
@@ -35,6 +36,7 @@ rule warmup_discriminator:
         f"{RESULTS}/logs/discriminator/warmup.log",
     benchmark:
         f"{RESULTS}/benchmarks/discriminator/warmup.tsv"
+    priority: PRIORITY["discriminator"]
     conda:
         env(CFG.discriminator.warmup.engine)
     threads: CFG.discriminator.warmup.resources.cpus_per_task

@@ -37,6 +37,7 @@ if CFG.eval.engine == "lmms_eval":
             f"{RESULTS}/logs/eval/{{policy}}/{{variant}}/{{benchmark}}.log",
         benchmark:
             f"{RESULTS}/benchmarks/eval/{{policy}}/{{variant}}/{{benchmark}}.tsv"
+        priority: PRIORITY["evaluate"]
         conda:
             env("lmms_eval")
         threads: CFG.eval.resources.cpus_per_task
@@ -107,6 +108,7 @@ else:
             f"{RESULTS}/logs/eval/{{policy}}/{{variant}}.log",
         benchmark:
             f"{RESULTS}/benchmarks/eval/{{policy}}/{{variant}}.tsv"
+        priority: PRIORITY["evaluate"]
         conda:
             env(CFG.eval.engine)
         threads: CFG.eval.resources.cpus_per_task

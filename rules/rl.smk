@@ -9,6 +9,7 @@ rule rl:
         f"{RESULTS}/logs/rl/{{policy}}/{{init}}-{{algo}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/rl/{{policy}}/{{init}}-{{algo}}.tsv"
+    priority: PRIORITY["rl"]
     conda:
         env(CFG.rl.engine)
     threads: CFG.rl.resources.cpus_per_task

@@ -9,6 +9,7 @@ rule sft:
         f"{RESULTS}/logs/sft/{{policy}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/sft/{{policy}}.tsv"
+    priority: PRIORITY["sft"]
     conda:
         env(CFG.sft.engine)
     threads: CFG.sft.resources.cpus_per_task

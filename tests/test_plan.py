@@ -103,6 +103,37 @@ def test_tiny_plan_runs_the_same_stages_on_synthetic_inputs():
     }
 
 
+def test_tiny_jobs_on_the_longest_chain_start_first():
+    """With 2 cores, Snakemake starts the ready job of highest priority first: what the policy's SFT needs
+    before the discriminator's chain, alignment before RL, the evaluations last."""
+    priority = with_dag_jobs(
+        ROOT,
+        [ROOT / "config/tiny.yaml"],
+        ["tiny/results/tables/main.csv"],
+        True,
+        lambda jobs: {  # as Snakemake's DAG expands a rule's priority for a job
+            (j.rule.name, *j.wildcards_dict.values()): j.rule.expand_priority(j.wildcards_dict, j.input, 1)
+            for j in jobs
+        },
+    )
+    chain = [
+        ("fetch_model", "tiny-policy"),
+        ("sft", "tiny"),
+        ("align", "tiny"),
+        ("rl", "tiny", "prism", "grpo"),
+        ("evaluate", "tiny", "prism-grpo"),
+    ]
+    assert [priority[job] for job in chain] == sorted((priority[job] for job in chain), reverse=True)
+    assert len({priority[job] for job in chain}) == len(chain)
+    assert priority[("fetch_dataset", "sft")] > priority[("fetch_model", "tiny-disc-base")]
+    assert priority[("prepare_dataset", "sft")] > priority[("upcycle",)] > priority[("align", "tiny")]
+    assert priority[("prepare_dataset", "rl")] > priority[("rl", "tiny", "sft", "dapo")]
+    assert (
+        max(p for job, p in priority.items() if job[0] == "evaluate")
+        < priority[("rl", "tiny", "sft", "dapo")]
+    )
+
+
 def test_reduced_config_and_released_checkpoints_shrink_the_plan(workflow_copy):
     overlay = write_config(
         workflow_copy,
