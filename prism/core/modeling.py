@@ -124,8 +124,10 @@ def generate(
 
 
 def token_logprobs(model, inputs: dict, prompt_length: int) -> torch.Tensor:
-    """log pi(y_t | x, y_<t) of every response token, (B, R)."""
-    logits = model(**inputs).logits[:, prompt_length - 1 : -1].float()
+    """log pi(y_t | x, y_<t) of every response token, (B, R). Logits only where they predict a response
+    token: the prompt's are never read."""
+    predicting = inputs["input_ids"].shape[1] - prompt_length + 1
+    logits = model(**inputs, logits_to_keep=predicting).logits[:, :-1].float()
     targets = inputs["input_ids"][:, prompt_length:]
     return torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 

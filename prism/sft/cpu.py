@@ -36,6 +36,15 @@ class EncodedExamples:
         return batch
 
 
+def loss_window(batch: dict) -> dict:
+    """The batch with logits kept only from the token before its first label on: the prompt's logits
+    carry no label (a tiny example is mostly system prompt), so the loss is the same, for less work."""
+    labels = batch["labels"]
+    first_label = int((labels != -100).any(0).nonzero()[0])
+    keep = labels.shape[1] - first_label + 1
+    return {**batch, "labels": labels[:, -keep:], "logits_to_keep": keep}
+
+
 def run(args) -> None:
     cfg = args.config
     setup(args.threads, cfg["seed"])
@@ -53,7 +62,7 @@ def run(args) -> None:
     for step in run.steps():
         for micro in range(cfg["grad_accum"]):
             picked = epoch_batch(rows, cfg["seed"], step * cfg["grad_accum"] + micro, cfg["batch_size"])
-            loss = model(**examples.batch(picked)).loss / cfg["grad_accum"]
+            loss = model(**loss_window(examples.batch(picked))).loss / cfg["grad_accum"]
             loss.backward()
         optimizer.step()
         schedule.step()
