@@ -3,15 +3,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The set-up steps run at once: pip spends much of its time on downloads and unpacking, not the CPU.
-#   workflow       .venv, which runs the tests; then every envs/*.yaml resolved as Snakemake + conda would
+#   workflow       .venv, which runs the tests
 #   lmms-eval      lmms-eval's own environment, for the tests that run it
 #   llamafactory   LLaMA-Factory's, for the test that trains with it
-#   discriminator  the warmup's, for the test that runs it under DeepSpeed ZeRO-2
+#   discriminator  the warmup's, for the test that runs it under DeepSpeed ZeRO-2; then every envs/*.yaml
+#                  resolved as Snakemake + conda would, flash-attn's build against the first torch there is
 declare -A steps=(
-  [workflow]="bash scripts/setup.sh && .venv/bin/python scripts/check_envs.py"
+  [workflow]="bash scripts/setup.sh"
   [lmms-eval]="bash scripts/setup-lmms-eval.sh"
   [llamafactory]="bash scripts/setup-llamafactory.sh"
-  [discriminator]="bash scripts/setup-discriminator.sh"
+  [discriminator]="bash scripts/setup-discriminator.sh && python3 scripts/check_envs.py --torch-python .venv-discriminator/bin/python"
 )
 logs=$(mktemp -d)
 declare -A pids
