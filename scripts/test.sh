@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 #   lmms-eval      lmms-eval's own environment, for the tests that run it
 #   llamafactory   LLaMA-Factory's, for the test that trains with it
 #   discriminator  the warmup's, for the test that runs it under DeepSpeed ZeRO-2; then every envs/*.yaml
-#                  resolved as Snakemake + conda would, flash-attn's build against the first torch there is
+#                  resolved as Snakemake + conda would, flash-attn's build run against its torch
 declare -A steps=(
   [workflow]="bash scripts/setup.sh"
   [lmms-eval]="bash scripts/setup-lmms-eval.sh"
