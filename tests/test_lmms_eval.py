@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -270,18 +271,22 @@ def mathvista_rows(path: Path, answers: list[str]) -> None:
 
 
 class FakeJudge:
-    """An OpenAI chat endpoint on localhost that answers every question with `verdict`, and keeps them."""
+    """An OpenAI chat endpoint on localhost that answers every question with `verdict`, or with
+    `verdict(prompt)` where it is a function, and keeps the questions."""
 
-    def __init__(self, verdict: str):
+    def __init__(self, verdict: str | Callable[[str], str]):
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         asked = self.asked = []
+        answer = verdict if callable(verdict) else lambda prompt: verdict
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
-                asked.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                reply = {"choices": [{"message": {"role": "assistant", "content": verdict}}]}
+                question = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                asked.append(question)
+                content = answer(question["messages"][0]["content"])
+                reply = {"choices": [{"message": {"role": "assistant", "content": content}}]}
                 body = json.dumps(reply).encode()
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
@@ -298,14 +303,12 @@ class FakeJudge:
 
 @pytest.mark.lmms_eval
 @needs_lmms_eval
-@pytest.mark.parametrize(("verdict", "score"), [(None, 66.67), ("1", 100.0), ("0", 66.67)])
-def test_a_real_lmms_eval_run_of_our_variant_is_normalised_into_the_benchmark_record(
-    tmp_path, paper_eval, verdict, score
-):
+def test_a_real_lmms_eval_run_of_our_variant_is_normalised_into_the_benchmark_record(tmp_path, paper_eval):
     """lmms-eval's dummy model answers every question in the paper's format with A. Our variant hands
-    MathVista's scoring the <answer> content: 2 of 3 right by the rule. The one it calls wrong goes to the
-    judge, with the whole response, when there is one."""
-    mathvista_rows(tmp_path / "testmini.parquet", ["A", "B", "A"])
+    MathVista's scoring the <answer> content: 2 of 4 right by the rule. The two it calls wrong go to the
+    judge, with the whole response; it agrees with the one whose truth is B. (Without a judge the rule's
+    verdict stands: test_benchmarks_fetched_once_are_evaluated_offline_from_the_cache.)"""
+    mathvista_rows(tmp_path / "testmini.parquet", ["A", "B", "C", "A"])
     data = {
         "dataset_path": "parquet",
         "dataset_kwargs": {"data_files": {"testmini": str(tmp_path / "testmini.parquet")}},
@@ -323,7 +326,7 @@ def test_a_real_lmms_eval_run_of_our_variant_is_normalised_into_the_benchmark_re
         """
     )
     assert lmms("-c", script, json.dumps(data), cwd=tmp_path).returncode == 0
-    judge = FakeJudge(verdict) if verdict else None
+    judge = FakeJudge(lambda prompt: "1" if "Ground Truth Answer:\n```\nB\n```" in prompt else "0")
     response = "<caption>two bars</caption><think>the left one is taller</think><answer>A</answer>"
     flags = [
         "--model",
@@ -335,24 +338,24 @@ def test_a_real_lmms_eval_run_of_our_variant_is_normalised_into_the_benchmark_re
     ]
     flags += ["--include_path", "tasks", "--batch_size", "1", "--output_path", "out", "--log_samples"]
     flags += ["--gen_kwargs", "temperature=1.0,top_p=0.7", "--verbosity", "DEBUG", "--timezone", "UTC"]
-    result = lmms(
-        "-m", "lmms_eval", *flags, cwd=tmp_path, **({"PRISM_JUDGE_URL": judge.url} if judge else {})
-    )
+    result = lmms("-m", "lmms_eval", *flags, cwd=tmp_path, PRISM_JUDGE_URL=judge.url)
     assert result.returncode == 0, result.stderr[-3000:]
 
     record = normalise("mathvista", paper_eval["scoring"]["mathvista"], tmp_path / "out")
-    assert record["score"] == pytest.approx(score) and record["metric"] == "llm_as_judge_eval,none"
-    assert record["n_samples"] == {"prism_mathvista_testmini_cot": {"original": 3, "effective": 3}}
+    assert record["score"] == pytest.approx(75.0) and record["metric"] == "llm_as_judge_eval,none"
+    assert record["n_samples"] == {"prism_mathvista_testmini_cot": {"original": 4, "effective": 4}}
     config = record["lmms_eval"]["configs"]["prism_mathvista_testmini_cot"]
     assert config["metadata"]["source"] == "prism"  # only our YAML sets this: the task that ran is ours
     assert config["generation_kwargs"]["temperature"] == 1.0 and config["generation_kwargs"]["top_p"] == 0.7
     assert config["generation_kwargs"]["max_new_tokens"] == 16384
-    if judge:
-        assert len(judge.asked) == 1  # only the sample the rule called wrong
-        prompt = judge.asked[0]["messages"][0]["content"]
-        # the response as lmms-eval hands it on: its default reasoning_tags drop the <think> block
-        # lmms-eval's own BINARY_JUDGE_PROMPT, filled with the truth and the whole response
-        assert "Ground Truth Answer:\n```\nB\n```" in prompt and "assessing answer correctness" in prompt
+    prompts = [question["messages"][0]["content"] for question in judge.asked]
+    assert len(prompts) == 2  # only the samples the rule called wrong
+    # lmms-eval's own BINARY_JUDGE_PROMPT, filled with the truth and the whole response as lmms-eval hands
+    # it on: its default reasoning_tags drop the <think> block
+    for truth in ("B", "C"):
+        assert sum(f"Ground Truth Answer:\n```\n{truth}\n```" in prompt for prompt in prompts) == 1
+    for prompt in prompts:
+        assert "assessing answer correctness" in prompt
         assert "<caption>two bars</caption><answer>A</answer>" in prompt
 
 

@@ -11,7 +11,6 @@ import os
 import re
 import subprocess
 import textwrap
-import time
 import urllib.request
 from pathlib import Path
 
@@ -331,20 +330,62 @@ answer = evaluate_by_chatgpt([sample], "model_prediction", "gpt4v_output_gpt_che
 }
 
 
+# Each family's client runs in a process of its own, forked from one that has imported the third-party
+# libraries lmms-eval loads (~10 s a process): lmms-eval and its task code load after the fork, under the
+# family's variables only, as in the job's lmms-eval run.
+FAMILY_CLIENTS = textwrap.dedent(
+    """\
+    import json, os, sys, time, traceback
+    import datasets, evaluate, openai, torch, transformers  # noqa: F401
+    clients, environments, log = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]
+    report = {}
+    for benchmark, client in clients.items():
+        mark = os.path.getsize(log)
+        read, write = os.pipe()
+        if os.fork() == 0:
+            os.close(read)
+            os.environ.update(environments[benchmark])
+            try:
+                scope = {}
+                exec(client, scope)
+                result = {"answer": repr(scope["answer"])}
+            except BaseException:
+                result = {"error": traceback.format_exc()[-3000:]}
+            os.write(write, json.dumps(result).encode())
+            os._exit(0)
+        os.close(write)
+        with os.fdopen(read) as pipe:
+            result = json.loads(pipe.read() or '{"error": "the client process died"}')
+        os.wait()
+        time.sleep(0.5)  # the access log line follows the response
+        with open(log, errors="replace") as handle:
+            handle.seek(mark)
+            result["log"] = handle.read()
+        report[benchmark] = result
+    print(json.dumps(report))
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def family_clients(judge, paper_eval) -> dict:
+    """What each benchmark's judge client got back, and the judge's access log while it asked."""
+    environments = {
+        benchmark: judge_environment(paper_eval.scoring[benchmark].judge, judge["port"])
+        for benchmark in CLIENTS
+    }
+    args = json.dumps(CLIENTS), json.dumps(environments), str(judge["log"])
+    return lmms(FAMILY_CLIENTS, *args, cwd=judge["tmp"], env=lmms_env(judge["tmp"]), timeout=600)
+
+
 @pytest.mark.parametrize("benchmark", list(CLIENTS))
-def test_each_judge_family_s_client_reaches_our_judge(judge, paper_eval, benchmark):
+def test_each_judge_family_s_client_reaches_our_judge(family_clients, paper_eval, benchmark):
     """The client a benchmark's scoring uses, with the variables our engine sets for its family: the judge
     must answer 200 to every request (a wrong URL is a 404 the task code would swallow and score 0)."""
-    family = paper_eval.scoring[benchmark].judge
-    env = lmms_env(judge["tmp"]) | judge_environment(family, judge["port"])
-    mark = judge["log"].stat().st_size
-    script = "import json\n" + CLIENTS[benchmark] + "print(json.dumps({'answer': answer}, default=str))\n"
-    answer = lmms(script, cwd=judge["tmp"], env=env, timeout=300)["answer"]
-    print(f"{benchmark} ({family}): judge answered {answer!r}")
-    time.sleep(0.5)  # the access log line follows the response
-    with open(judge["log"], errors="replace") as log:
-        log.seek(mark)
-        answered = re.findall(r'"(POST \S+) HTTP/1.1" (\d{3})', log.read())
+    result = family_clients[benchmark]
+    assert "error" not in result, result["error"]
+    print(f"{benchmark} ({paper_eval.scoring[benchmark].judge}): judge answered {result['answer']}")
+    answered = re.findall(r'"(POST \S+) HTTP/1.1" (\d{3})', result["log"])
     assert answered and set(answered) == {("POST /v1/chat/completions", "200")}, answered
 
 
