@@ -1,6 +1,6 @@
 """Evaluation with lmms-eval: the metric each paper column reads, the judge each task family reaches, the
 command and chat template of a run, the judge server's health check, and, in lmms-eval's own environment,
-our task variants loaded under their own names and a real results file parsed into the fixed record."""
+real runs of our variants parsed into the fixed record, online and from the offline cache."""
 
 import json
 import os
@@ -19,7 +19,6 @@ from prism.core.config import load_config
 from prism.core.prompts import SYSTEM_PROMPT
 from prism.eval.fetch import benchmark_environment
 from prism.eval.lmms import chat_template, judge_environment, lmms_eval_command
-from prism.eval.lmms_tasks import VARIANTS
 from prism.eval.normalise import ResultsError, benchmark_record, normalise
 
 LMMS_PYTHON = ROOT / ".venv-lmms-eval" / "bin" / "python"
@@ -212,30 +211,6 @@ def lmms(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(LMMS_PYTHON), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
     )
-
-
-@pytest.mark.lmms_eval
-@needs_lmms_eval
-def test_lmms_eval_indexes_every_variant_from_our_directory_beside_its_builtin(tmp_path):
-    script = textwrap.dedent(
-        """\
-        import json, sys
-        from pathlib import Path
-        from lmms_eval.tasks import TaskManager
-        from prism.eval.lmms_tasks import VARIANTS, write_tasks
-        index = TaskManager(include_path=str(write_tasks(list(VARIANTS), Path(sys.argv[1])))).task_index
-        wanted = [*VARIANTS, *sys.argv[2:]]
-        print(json.dumps({task: index[task]["yaml_path"] for task in wanted if task in index}))
-        """
-    )
-    builtins = [v.builtin_yaml.removesuffix(".yaml").rsplit("/", 1)[-1] for v in VARIANTS.values()]
-    result = lmms("-c", script, str(tmp_path / "tasks"), *builtins, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    paths = json.loads(result.stdout.splitlines()[-1])
-    assert {task: paths[task] for task in VARIANTS} == {
-        task: str(tmp_path / "tasks" / f"{task}.yaml") for task in VARIANTS
-    }
-    assert "mmmu_val" in paths and "/lmms_eval/tasks/" in paths["mmmu_val"]  # the built-in is still its own
 
 
 def mathvista_rows(path: Path, answers: list[str]) -> None:

