@@ -1428,7 +1428,7 @@ FAULTS = [
         "fixed: `prism_` task names that include the built-ins; each judge family gets the variables it "
         "reads",
         (
-            LE + "test_lmms_eval_indexes_every_variant_from_our_directory_beside_its_builtin",
+            LV + "test_lmms_eval_indexes_every_variant_from_our_directory_beside_its_builtin",
             LE + "test_each_task_family_reaches_the_judge_the_way_it_reads_its_variables",
         ),
     ),
