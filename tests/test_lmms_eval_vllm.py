@@ -116,6 +116,47 @@ def paper_eval() -> dict:
     return load_config(yaml.safe_load((ROOT / "config" / "config.yaml").read_text())).eval
 
 
+RESOLVED_TASKS = textwrap.dedent(
+    """\
+    import json, sys
+    from pathlib import Path
+    from lmms_eval.tasks import TaskManager
+    from lmms_eval.utils import load_yaml_config
+    from prism.eval.lmms_tasks import VARIANTS, write_tasks
+    manager = TaskManager(include_path=str(write_tasks(list(VARIANTS), Path(sys.argv[1]))))
+    index, named = manager.task_index, [*VARIANTS, *sys.argv[2:]]
+    report = {"yaml_paths": {task: index[task]["yaml_path"] for task in named if task in index}}
+    for task in VARIANTS:
+        config = load_yaml_config(manager.task_index[task]["yaml_path"])
+        report[task] = {
+            "max_new_tokens": config["generation_kwargs"]["max_new_tokens"],
+            "process_results": getattr(config.get("process_results"), "__name__", None),
+            "doc_to_text": getattr(config["doc_to_text"], "__module__", None),
+        }
+    vision = load_yaml_config(manager.task_index["prism_mathvision_testmini"]["yaml_path"])
+    doc = {"question": "How many sides has a square?", "options": ["3", "4"]}
+    kwargs = vision.get("lmms_eval_specific_kwargs", {}).get("default")
+    report["mathvision_prompt"] = vision["doc_to_text"](doc, kwargs)
+    from lmms_eval.tasks.mathvista import utils as mathvista
+    from prism.eval.lmms_tasks import prism_mathvista_testmini_cot_process_results as score
+    doc = {"pid": "1", "question_type": "multi_choice", "answer_type": "text", "query": "Q",
+           "choices": ["A", "B"], "answer": "B", "precision": 0, "metadata": {}}
+    report["mathvista_quick"] = score(doc, ['The answer is "B".'])["llm_as_judge_eval"]["extraction"]
+    report["mathvista_builtin_quick_extract"] = mathvista.config["metadata"]["quick_extract"]
+    print(json.dumps(report))
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def resolved_tasks(tmp_path_factory) -> tuple[Path, dict]:
+    """Our variants written to a folder and indexed by lmms-eval's TaskManager beside its own tasks (each
+    built-in named too), and what its loader resolves for each."""
+    tmp = tmp_path_factory.mktemp("resolved")
+    builtins = [v.builtin_yaml.removesuffix(".yaml").rsplit("/", 1)[-1] for v in VARIANTS.values()]
+    return tmp / "tasks", lmms(RESOLVED_TASKS, str(tmp / "tasks"), *builtins, cwd=tmp, env=lmms_env(tmp))
+
+
 MODEL_CLASS = textwrap.dedent(
     """\
     import json, sys, time
@@ -162,7 +203,7 @@ MODEL_CLASS = textwrap.dedent(
 
 
 def test_lmms_eval_s_vllm_model_is_built_from_the_arguments_our_engine_renders(
-    text_model, paper_eval, tmp_path
+    text_model, paper_eval, resolved_tasks, tmp_path
 ):
     """lmms-eval's own `vllm` model class builds a real vLLM from each benchmark's rendered --model_args
     (data parallel 1: one process per rank is how lmms-eval runs data parallel). A keyword vLLM refuses,
@@ -180,11 +221,7 @@ def test_lmms_eval_s_vllm_model_is_built_from_the_arguments_our_engine_renders(
         model_args = command[command.index("--model_args") + 1] + ",enforce_eager=True"
         runs[benchmark] = {"model_args": model_args, "tasks": tasks}
     # the variants' YAMLs as lmms-eval resolves them: its own tasks included by path
-    real_tasks = tmp_path / "real-tasks"
-    script = "import sys; from pathlib import Path; from prism.eval.lmms_tasks import VARIANTS, write_tasks\n"
-    script += "write_tasks(list(VARIANTS), Path(sys.argv[1])); print('{}')"
-    lmms(script, str(real_tasks), cwd=tmp_path, env=lmms_env(tmp_path))
-
+    real_tasks = resolved_tasks[0]
     report = lmms(MODEL_CLASS, json.dumps(runs), str(real_tasks), cwd=tmp_path, env=lmms_env(tmp_path))
     print(json.dumps(report, indent=1))
     assert report["class"] == "lmms_eval.models.chat.vllm.VLLM"
@@ -193,47 +230,6 @@ def test_lmms_eval_s_vllm_model_is_built_from_the_arguments_our_engine_renders(
         assert run["limits"] == {task: PRISM_LIMITS[task] for task in runs[benchmark]["tasks"]}
         longest = max(PRISM_LIMITS[task] for task in runs[benchmark]["tasks"])
         assert run["max_model_len"] == longest + paper_eval.lmms_eval.prompt_tokens
-
-
-RESOLVED_TASKS = textwrap.dedent(
-    """\
-    import json, sys
-    from pathlib import Path
-    from lmms_eval.tasks import TaskManager
-    from lmms_eval.utils import load_yaml_config
-    from prism.eval.lmms_tasks import VARIANTS, write_tasks
-    manager = TaskManager(include_path=str(write_tasks(list(VARIANTS), Path(sys.argv[1]))))
-    index, named = manager.task_index, [*VARIANTS, *sys.argv[2:]]
-    report = {"yaml_paths": {task: index[task]["yaml_path"] for task in named if task in index}}
-    for task in VARIANTS:
-        config = load_yaml_config(manager.task_index[task]["yaml_path"])
-        report[task] = {
-            "max_new_tokens": config["generation_kwargs"]["max_new_tokens"],
-            "process_results": getattr(config.get("process_results"), "__name__", None),
-            "doc_to_text": getattr(config["doc_to_text"], "__module__", None),
-        }
-    vision = load_yaml_config(manager.task_index["prism_mathvision_testmini"]["yaml_path"])
-    doc = {"question": "How many sides has a square?", "options": ["3", "4"]}
-    kwargs = vision.get("lmms_eval_specific_kwargs", {}).get("default")
-    report["mathvision_prompt"] = vision["doc_to_text"](doc, kwargs)
-    from lmms_eval.tasks.mathvista import utils as mathvista
-    from prism.eval.lmms_tasks import prism_mathvista_testmini_cot_process_results as score
-    doc = {"pid": "1", "question_type": "multi_choice", "answer_type": "text", "query": "Q",
-           "choices": ["A", "B"], "answer": "B", "precision": 0, "metadata": {}}
-    report["mathvista_quick"] = score(doc, ['The answer is "B".'])["llm_as_judge_eval"]["extraction"]
-    report["mathvista_builtin_quick_extract"] = mathvista.config["metadata"]["quick_extract"]
-    print(json.dumps(report))
-    """
-)
-
-
-@pytest.fixture(scope="module")
-def resolved_tasks(tmp_path_factory) -> tuple[Path, dict]:
-    """Our variants written to a folder and indexed by lmms-eval's TaskManager beside its own tasks (each
-    built-in named too), and what its loader resolves for each."""
-    tmp = tmp_path_factory.mktemp("resolved")
-    builtins = [v.builtin_yaml.removesuffix(".yaml").rsplit("/", 1)[-1] for v in VARIANTS.values()]
-    return tmp / "tasks", lmms(RESOLVED_TASKS, str(tmp / "tasks"), *builtins, cwd=tmp, env=lmms_env(tmp))
 
 
 def test_lmms_eval_indexes_every_variant_from_our_directory_beside_its_builtin(resolved_tasks):
