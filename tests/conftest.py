@@ -171,11 +171,9 @@ def pytest_collection_modifyitems(config, items):
 class TinyRun:
     """The one complete tiny run of a session, built in the background: submitted through the test Slurm
     with the project's Slurm profile where Slurm runs, as in CI, else with the local profile. The jobs see
-    marker secrets, which the tests then look for in what the run wrote. It runs niced, its Slurm jobs too
-    (tests/slurm/start.sh), so that the tests before it keep a core and it fills the time they leave."""
+    marker secrets, which the tests then look for in what the run wrote."""
 
-    TIMEOUT = 3600
-    NICE = 10
+    TIMEOUT = 2700
 
     def __init__(self, request, tmp_path_factory):
         try:
@@ -189,12 +187,7 @@ class TinyRun:
         self.started = time.time()
         with self.log.open("w") as log:
             self.process = subprocess.Popen(
-                ["nice", "-n", str(self.NICE), *command],
-                cwd=self.workdir,
-                env=env,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
+                command, cwd=self.workdir, env=env, stdout=log, stderr=log, start_new_session=True
             )
 
     def finished(self) -> Path:

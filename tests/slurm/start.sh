@@ -93,9 +93,6 @@ DefMemPerCPU=1024
 # Jobs keep their time limits on record but may overrun them: the tiny stages' limits fit a quiet 2-core
 # machine, and a busy CI machine must not turn into a failed test.
 OverTimeLimit=UNLIMITED
-# A job runs at the nice value of whoever submitted it, so that a run submitted in the background at a
-# low priority (the tests' tiny run) leaves the CPU to the work in the foreground.
-PropagatePrioProcess=1
 # No slurmdbd: Snakemake polls squeue, which must still list finished jobs (at least 3 x its first
 # status delay), and the tests read every job back with scontrol after the run; sacct -c reads jobcomp.
 MinJobAge=3600
