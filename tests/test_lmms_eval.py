@@ -301,7 +301,11 @@ def test_a_real_lmms_eval_run_of_our_variant_is_normalised_into_the_benchmark_re
         """
     )
     assert lmms("-c", script, json.dumps(data), cwd=tmp_path).returncode == 0
-    judge = FakeJudge(lambda prompt: "1" if "Ground Truth Answer:\n```\nB\n```" in prompt else "0")
+
+    def truth(answer: str) -> str:  # as lmms-eval's BINARY_JUDGE_PROMPT states it
+        return f"Ground Truth Answer:\n```\n{answer}\n```"
+
+    judge = FakeJudge(lambda prompt: "1" if truth("B") in prompt else "0")
     response = "<caption>two bars</caption><think>the left one is taller</think><answer>A</answer>"
     flags = [
         "--model",
@@ -327,8 +331,8 @@ def test_a_real_lmms_eval_run_of_our_variant_is_normalised_into_the_benchmark_re
     assert len(prompts) == 2  # only the samples the rule called wrong
     # lmms-eval's own BINARY_JUDGE_PROMPT, filled with the truth and the whole response as lmms-eval hands
     # it on: its default reasoning_tags drop the <think> block
-    for truth in ("B", "C"):
-        assert sum(f"Ground Truth Answer:\n```\n{truth}\n```" in prompt for prompt in prompts) == 1
+    for answer in ("B", "C"):
+        assert sum(truth(answer) in prompt for prompt in prompts) == 1
     for prompt in prompts:
         assert "assessing answer correctness" in prompt
         assert "<caption>two bars</caption><answer>A</answer>" in prompt

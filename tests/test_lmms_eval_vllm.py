@@ -123,17 +123,17 @@ RESOLVED_TASKS = textwrap.dedent(
     from lmms_eval.tasks import TaskManager
     from lmms_eval.utils import load_yaml_config
     from prism.eval.lmms_tasks import VARIANTS, write_tasks
-    manager = TaskManager(include_path=str(write_tasks(list(VARIANTS), Path(sys.argv[1]))))
-    index, named = manager.task_index, [*VARIANTS, *sys.argv[2:]]
+    index = TaskManager(include_path=str(write_tasks(list(VARIANTS), Path(sys.argv[1])))).task_index
+    named = [*VARIANTS, *sys.argv[2:]]
     report = {"yaml_paths": {task: index[task]["yaml_path"] for task in named if task in index}}
     for task in VARIANTS:
-        config = load_yaml_config(manager.task_index[task]["yaml_path"])
+        config = load_yaml_config(index[task]["yaml_path"])
         report[task] = {
             "max_new_tokens": config["generation_kwargs"]["max_new_tokens"],
             "process_results": getattr(config.get("process_results"), "__name__", None),
             "doc_to_text": getattr(config["doc_to_text"], "__module__", None),
         }
-    vision = load_yaml_config(manager.task_index["prism_mathvision_testmini"]["yaml_path"])
+    vision = load_yaml_config(index["prism_mathvision_testmini"]["yaml_path"])
     doc = {"question": "How many sides has a square?", "options": ["3", "4"]}
     kwargs = vision.get("lmms_eval_specific_kwargs", {}).get("default")
     report["mathvision_prompt"] = vision["doc_to_text"](doc, kwargs)
